@@ -1,0 +1,1 @@
+"""The `adx` command line."""
