@@ -1,0 +1,266 @@
+"""``Predictor.load(bundle)`` then ``predict(images)``: the torch-free scoring path.
+
+image files -> decode + preprocess -> ONNX Runtime graph -> scorer (kNN / density) ->
+upsample + blur -> raw and normalised scores and maps, labels from the threshold.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+from PIL import Image
+
+from adx_runtime import calibration
+from adx_runtime.bundle import load_manifest
+from adx_runtime.errors import BundleError, ConfigError, ImageDecodeError
+from adx_runtime.images import decode_image
+from adx_runtime.postprocess import MapPostprocessor
+from adx_runtime.preprocess import PreprocessConfig, preprocess_image, stack
+from adx_runtime.scorers import create_scorer
+from adx_runtime.sessions import create_session
+
+STAGES = ("preprocess", "graph", "scoring", "postprocess")
+
+
+@dataclass
+class Prediction:
+    """Scores of a batch of ``B`` images; maps are at the model's input size ``(H, W)``."""
+
+    image_scores: np.ndarray  # (B,) raw
+    anomaly_maps: np.ndarray  # (B, H, W) raw
+    normalized_scores: np.ndarray  # (B,) in [0, 1], threshold at 0.5
+    labels: np.ndarray  # (B,) bool: True = anomalous (raw score >= threshold)
+    threshold: float  # the raw image threshold used
+
+    def __len__(self) -> int:
+        return len(self.image_scores)
+
+
+@dataclass
+class FileResult:
+    """One file of :meth:`Predictor.predict_files`: either a score or the reason it failed."""
+
+    path: str
+    image_score: float | None = None
+    normalized_score: float | None = None
+    label: bool | None = None
+    anomaly_map: np.ndarray | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class StageTimer:
+    """Accumulates seconds per stage per batch when enabled (``adx bench``)."""
+
+    enabled: bool = False
+    records: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+
+    def add(self, stage: str, seconds: float) -> None:
+        if self.enabled:
+            self.records[stage].append(seconds)
+
+
+class Predictor:
+    """Scores images from a bundle. Build with :meth:`load`."""
+
+    def __init__(self, bundle_dir: Path, manifest: dict[str, Any], session: Any, scorer: Any,
+                 threshold: float | None, device: str):
+        self.bundle_dir = bundle_dir
+        self.manifest = manifest
+        self.session = session
+        self.scorer = scorer
+        self.device = device
+        self.preprocess = PreprocessConfig.from_dict(manifest["input"])
+        graph = manifest["graph"]
+        self.input_name = graph["inputs"][0]["name"]
+        self.output_names = [o["name"] for o in graph["outputs"]]
+        s = manifest["scoring"]
+        self.postprocessor = MapPostprocessor(tuple(s["patch_grid"]), self.preprocess.input_size,
+                                              float(s.get("blur_sigma", 4.0)))
+        cal = calibration.read(manifest)
+        self.calibration = cal
+        self.image_threshold = float(cal["image"]["threshold"]) if threshold is None else float(threshold)
+        self.image_scale = float(cal["image"]["scale"])
+        pixel = cal.get("pixel") or {}
+        self.pixel_threshold = pixel.get("threshold")
+        self.pixel_scale = pixel.get("scale")
+        self.max_batch = int(graph.get("max_batch") or 0) or None
+        self.timer = StageTimer()
+
+    @classmethod
+    def load(
+        cls,
+        bundle: str | Path,
+        *,
+        device: str = "cpu",
+        bank_device: str = "auto",
+        threshold: float | None = None,
+        threads: int = 0,
+    ) -> "Predictor":
+        """Verify and open a bundle.
+
+        Args:
+            device: ONNX Runtime provider: ``cpu``, ``cuda`` or ``tensorrt``; refused if unavailable.
+            bank_device: where FAISS searches: ``cpu``, ``cuda`` or ``auto`` (``cuda`` when the graph
+                runs on a GPU and FAISS has GPU support, else ``cpu``).
+            threshold: raw image threshold overriding the calibrated one.
+        """
+        root = Path(bundle)
+        manifest = load_manifest(root, verify=True)
+        if bank_device == "auto":
+            bank_device = "cuda" if device != "cpu" and _faiss_has_gpu() else "cpu"
+        trt_options = _tensorrt_options(root, manifest) if device == "tensorrt" else None
+        session = create_session(root / manifest["graph"]["file"], device, threads=threads, trt_options=trt_options)
+        scorer = create_scorer(root, manifest, bank_device)
+        return cls(root, manifest, session, scorer, threshold, device)
+
+    # ------------------------------------------------------------------ describe
+    @property
+    def providers(self) -> list[str]:
+        return list(self.session.get_providers())
+
+    @property
+    def method(self) -> str:
+        return str(self.manifest["method"])
+
+    # ------------------------------------------------------------------ scoring
+    def to_tensor(self, images: Sequence[Any]) -> np.ndarray:
+        """Paths, bytes, PIL images or ``(H, W, 3)`` uint8 arrays -> ``(B, 3, H, W)`` float32."""
+        tensors = []
+        for item in images:
+            if isinstance(item, Image.Image):
+                img = item if item.mode == "RGB" else item.convert("RGB")
+            elif isinstance(item, np.ndarray):
+                if item.ndim != 3 or item.shape[2] != 3 or item.dtype != np.uint8:
+                    raise ConfigError(f"array images must be (H, W, 3) uint8 RGB, got {item.shape} {item.dtype}")
+                img = Image.fromarray(item, mode="RGB")
+            else:
+                img = decode_image(item)
+            tensors.append(preprocess_image(img, self.preprocess))
+        return stack(tensors)
+
+    def predict(self, images: Sequence[Any]) -> Prediction:
+        """Score a batch. Raises :class:`ImageDecodeError` on the first bad file; use
+        :meth:`predict_files` to report bad files and score the rest."""
+        t0 = time.perf_counter()
+        x = self.to_tensor(images)
+        self.timer.add("preprocess", time.perf_counter() - t0)
+        return self.predict_tensor(x)
+
+    def predict_tensor(self, x: np.ndarray) -> Prediction:
+        """Score preprocessed input ``(B, 3, H, W)`` float32."""
+        expected = (3, *self.preprocess.input_size)
+        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+            raise ConfigError(f"input must be (B, {', '.join(map(str, expected))}), got {x.shape}")
+        parts = [x[i : i + self.max_batch] for i in range(0, len(x), self.max_batch)] if self.max_batch else [x]
+        scores, maps = [], []
+        for part in parts:
+            t0 = time.perf_counter()
+            values = self.session.run(self.output_names, {self.input_name: part})
+            t1 = time.perf_counter()
+            out = self.scorer(dict(zip(self.output_names, values)))
+            t2 = time.perf_counter()
+            full = self.postprocessor(out.patch_maps)
+            image = out.image_scores if out.image_scores is not None else full.reshape(len(full), -1).max(axis=1)
+            t3 = time.perf_counter()
+            self.timer.add("graph", t1 - t0)
+            self.timer.add("scoring", t2 - t1)
+            self.timer.add("postprocess", t3 - t2)
+            scores.append(np.asarray(image, np.float32))
+            maps.append(full)
+        image_scores = np.concatenate(scores)
+        return Prediction(
+            image_scores=image_scores,
+            anomaly_maps=np.concatenate(maps),
+            normalized_scores=calibration.normalise(image_scores, self.image_threshold, self.image_scale),
+            labels=image_scores >= self.image_threshold,
+            threshold=self.image_threshold,
+        )
+
+    def normalized_maps(self, maps: np.ndarray) -> np.ndarray:
+        """Raw maps -> ``[0, 1]`` with the pixel threshold at 0.5."""
+        if self.pixel_threshold is None:
+            raise BundleError("this bundle has no pixel calibration (calibration.pixel)")
+        return calibration.normalise(maps, float(self.pixel_threshold), float(self.pixel_scale))
+
+    def predict_files(self, paths: Iterable[str | Path], batch_size: int = 8,
+                      keep_maps: bool = False) -> Iterator[FileResult]:
+        """Score files in batches; a file that fails to decode yields a result with ``error`` set
+        and the rest of its batch is still scored. Results come in input order."""
+        if batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+        pending: list[tuple[str, np.ndarray | None, str | None]] = []
+
+        def flush() -> Iterator[FileResult]:
+            good = [t for _, t, _ in pending if t is not None]
+            pred = self.predict_tensor(stack(good)) if good else None
+            j = 0
+            for path, tensor, error in pending:
+                if tensor is None:
+                    yield FileResult(path=path, error=error)
+                    continue
+                assert pred is not None
+                yield FileResult(
+                    path=path,
+                    image_score=float(pred.image_scores[j]),
+                    normalized_score=float(pred.normalized_scores[j]),
+                    label=bool(pred.labels[j]),
+                    anomaly_map=pred.anomaly_maps[j] if keep_maps else None,
+                )
+                j += 1
+            pending.clear()
+
+        for p in paths:
+            t0 = time.perf_counter()
+            try:
+                tensor: np.ndarray | None = preprocess_image(decode_image(p), self.preprocess)
+                error = None
+            except ImageDecodeError as exc:
+                tensor, error = None, exc.reason
+            self.timer.add("preprocess", time.perf_counter() - t0)
+            pending.append((str(p), tensor, error))
+            if len(pending) >= batch_size:
+                yield from flush()
+        if pending:
+            yield from flush()
+
+
+def _faiss_has_gpu() -> bool:
+    try:
+        import faiss  # noqa: PLC0415 - optional, only to decide 'auto'
+    except ImportError:
+        return False
+    return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+
+
+def _tensorrt_options(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Provider options that point ONNX Runtime's TensorRT provider at the bundle's engines."""
+    trt = manifest.get("tensorrt")
+    if not trt:
+        raise BundleError(
+            f"bundle {str(root)!r} has no TensorRT section; build its engine first with "
+            "`adx export MODEL --format tensorrt` on the target GPU, or use --device cuda"
+        )
+    return tensorrt_provider_options(root / trt["engine_dir"], trt["profile"], fp16=bool(trt.get("fp16")),
+                                     prefix=trt["engine_prefix"])
+
+
+def tensorrt_provider_options(engine_dir: Path, profile: dict[str, str], *, fp16: bool, prefix: str) -> dict[str, Any]:
+    return {
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(engine_dir),
+        "trt_engine_cache_prefix": prefix,
+        "trt_fp16_enable": fp16,
+        "trt_profile_min_shapes": profile["min"],
+        "trt_profile_opt_shapes": profile["opt"],
+        "trt_profile_max_shapes": profile["max"],
+    }

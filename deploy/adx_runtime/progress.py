@@ -1,0 +1,55 @@
+"""Progress reporting for long work, decoupled from the terminal.
+
+Library functions take a :class:`Progress` and call ``with progress.task("Extracting", total) as
+advance: ... advance(1)``. The CLI passes :class:`RichProgress` (bars on stderr); tests and library
+users get :data:`SILENT`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+Advance = Callable[[int], None]
+
+
+class Progress:
+    """Does nothing; the base for reporters."""
+
+    @contextlib.contextmanager
+    def task(self, description: str, total: int | None = None) -> Iterator[Advance]:
+        yield lambda n=1: None
+
+    def note(self, message: str) -> None:
+        """A one-line status message (no bar)."""
+
+
+SILENT = Progress()
+
+
+class RichProgress(Progress):
+    """Progress bars on stderr with rich; plain lines when stderr is not a terminal."""
+
+    def __init__(self) -> None:
+        from rich.console import Console  # noqa: PLC0415 - rich only when bars are shown
+
+        self.console = Console(stderr=True)
+
+    @contextlib.contextmanager
+    def task(self, description: str, total: int | None = None) -> Iterator[Advance]:
+        from rich.progress import (  # noqa: PLC0415
+            BarColumn, MofNCompleteColumn, Progress as Bars, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+        )
+
+        if not self.console.is_terminal:
+            self.console.print(f"{description} ...", highlight=False)
+            yield lambda n=1: None
+            return
+        with Bars(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=self.console, transient=False) as bars:
+            tid = bars.add_task(description, total=total)
+            yield lambda n=1: bars.advance(tid, n)
+
+    def note(self, message: str) -> None:
+        self.console.print(message, highlight=False)
+
