@@ -1,0 +1,72 @@
+"""Training-side data: batches of preprocessed images as torch tensors.
+
+Decoding and preprocessing are the runtime's own functions (``adx_runtime.preprocess``); this
+module only batches their output, so what a model is fitted on is exactly what it is later fed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from adx_runtime.datasets import Sample
+from adx_runtime.errors import DatasetError, ImageDecodeError
+from adx_runtime.preprocess import PreprocessConfig, load_image
+from adx_runtime.progress import SILENT, Progress
+
+
+@dataclass
+class Skipped:
+    """Files that could not be decoded, with reasons; fitting goes on without them."""
+
+    files: list[tuple[str, str]] = field(default_factory=list)
+
+
+def image_batches(
+    paths: Sequence[Path],
+    preprocess: PreprocessConfig,
+    batch_size: int = 8,
+    *,
+    progress: Progress = SILENT,
+    description: str = "Extracting features",
+    skipped: Skipped | None = None,
+) -> Iterator[torch.Tensor]:
+    """Yield ``(b, 3, H, W)`` float32 tensors. Undecodable files are recorded in ``skipped`` (and
+    reported through ``progress``) instead of stopping the run; with no ``skipped`` they raise."""
+    buf: list[np.ndarray] = []
+    with progress.task(description, len(paths)) as advance:
+        for p in paths:
+            try:
+                buf.append(load_image(p, preprocess))
+            except ImageDecodeError as exc:
+                if skipped is None:
+                    raise
+                skipped.files.append((exc.path, exc.reason))
+                progress.note(f"skipped {exc.path}: {exc.reason}")
+            advance(1)
+            if len(buf) == batch_size:
+                yield torch.from_numpy(np.stack(buf))
+                buf = []
+        if buf:
+            yield torch.from_numpy(np.stack(buf))
+
+
+def holdout_split(samples: Sequence[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Split ``train/good`` into (fit, calibration) parts, deterministically for a seed."""
+    if not 0.0 < fraction < 1.0:
+        raise DatasetError(f"holdout fraction must be between 0 and 1 (exclusive), got {fraction}")
+    n = len(samples)
+    n_hold = max(1, int(round(fraction * n)))
+    if n - n_hold < 2:
+        raise DatasetError(
+            f"train/good has {n} images; at least {n_hold + 2} are needed ({n_hold} held out for calibration "
+            "and 2 to fit on). Add normal images or lower --holdout."
+        )
+    order = np.random.default_rng(seed).permutation(n)
+    hold = sorted(order[:n_hold].tolist())
+    fit = sorted(order[n_hold:].tolist())
+    return [samples[i] for i in fit], [samples[i] for i in hold]

@@ -1,0 +1,269 @@
+"""``adx export``: a fitted model -> a bundle (ARCHITECTURE.md, "The bundle").
+
+The bundle is assembled in a hidden temporary folder: ONNX graph, scoring data, manifest. Then the
+parity check loads it with the torch-free runtime and scores real dataset images both ways; above
+the tolerance nothing is written. Only then is the folder renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import platform
+import warnings
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from adexport.fitted import load_fitted
+from adexport.methods.base import FittedMethod, config_to_dict
+from adx_runtime import __version__
+from adx_runtime.bundle import BUNDLE_FORMAT, MANIFEST, SCHEMA_VERSION, atomic_dir, file_entry, write_json_atomic
+from adx_runtime.errors import ConfigError, ExportError, ProviderError
+from adx_runtime.predictor import Predictor, tensorrt_provider_options
+from adx_runtime.preprocess import load_image, stack
+from adx_runtime.progress import SILENT, Progress
+from adx_runtime.sessions import available_devices
+
+GRAPH_FILE = "model.onnx"
+INPUT_NAME = "image"
+DEFAULT_OPSET = 17
+
+#: Parity tolerances: max |torch - runtime| / max |torch| per quantity. Exact scoring (Flat FAISS or
+#: numpy bank) differs from torch only by float32 rounding; approximate FAISS indices trade accuracy.
+TOLERANCE_EXACT = {"features": 1e-4, "image_scores": 1e-3, "maps": 1e-3}
+TOLERANCE_APPROXIMATE = {"features": 1e-4, "image_scores": 5e-2, "maps": 5e-2}
+TOLERANCE_FP16 = {"features": 2e-2, "image_scores": 5e-2, "maps": 5e-2}
+
+FORMATS = ("onnx", "tensorrt")
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for dist in ("torch", "timm", "onnx", "onnxruntime", "onnxruntime-gpu", "faiss-cpu", "faiss-gpu-cu12",
+                 "numpy", "pillow", "tensorrt-cu12"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[dist] = metadata.version(dist)
+    return out
+
+
+def export_onnx(fitted: FittedMethod, path: Path, opset: int = DEFAULT_OPSET) -> dict[str, Any]:
+    """Trace the method's graph to ONNX with a dynamic batch axis; returns the manifest ``graph`` section."""
+    import onnx  # noqa: PLC0415
+
+    graph = fitted.graph().eval().cpu()
+    h, w = fitted.preprocess.input_size
+    dummy = torch.zeros(2, 3, h, w)  # batch 2 so nothing specialises on a batch of one
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # tracer and deprecation chatter, not actionable for users
+        torch.onnx.export(
+            graph, (dummy,), str(path), input_names=[INPUT_NAME], output_names=list(fitted.output_names),
+            dynamic_axes={INPUT_NAME: {0: "batch"}, **fitted.output_axes()}, opset_version=opset,
+            do_constant_folding=True, dynamo=False,
+        )
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+
+    def describe(values: Any) -> list[dict[str, Any]]:
+        out = []
+        for v in values:
+            dims = [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            out.append({"name": v.name, "shape": dims, "dtype": "float32"})
+        return out
+
+    return {
+        "file": GRAPH_FILE,
+        "opset": opset,
+        "inputs": describe(model.graph.input),
+        "outputs": describe(model.graph.output),
+        "dynamic_axes": {INPUT_NAME: {"0": "batch"}, **{k: {str(a): n for a, n in v.items()} for k, v in fitted.output_axes().items()}},
+    }
+
+
+def _errors(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
+    err = float(np.abs(ref.astype(np.float64) - got.astype(np.float64)).max())
+    scale = float(np.abs(ref).max())
+    return {"max_abs": err, "max_rel": err / scale if scale > 0 else err, "scale": scale}
+
+
+def parity_check(fitted: FittedMethod, bundle_dir: Path, images: Sequence[str | Path], *, device: str,
+                 tolerance: dict[str, float]) -> dict[str, Any]:
+    """Score ``images`` with PyTorch and with the runtime on ``bundle_dir``; compare."""
+    x = stack([load_image(p, fitted.preprocess) for p in images])
+    ref = fitted.reference(torch.from_numpy(x))
+    predictor = Predictor.load(bundle_dir, device=device, bank_device="cpu")
+    raw = dict(zip(predictor.output_names, predictor.session.run(predictor.output_names, {predictor.input_name: x})))
+    run = predictor.predict_tensor(x)
+    feature_errs = [_errors(ref.outputs[n].numpy(), raw[n]) for n in fitted.output_names]
+    errors = {
+        "features": max(feature_errs, key=lambda e: e["max_rel"]),
+        "image_scores": _errors(ref.image_scores.numpy(), run.image_scores),
+        "maps": _errors(ref.anomaly_maps.numpy(), run.anomaly_maps),
+    }
+    failed = [k for k, e in errors.items() if e["max_rel"] > tolerance[k]]
+    return {
+        "n_images": len(images),
+        "images": [Path(p).name for p in images],
+        "device": device,
+        "providers": predictor.providers,
+        "errors": errors,
+        "tolerance": dict(tolerance),
+        "measure": "max |torch - runtime| / max |torch| over the images",
+        "passed": not failed,
+        "failed": failed,
+    }
+
+
+def _parity_images(fitted: FittedMethod, images: Sequence[str | Path] | None) -> list[Path]:
+    if images:
+        paths = [Path(p) for p in images]
+    else:
+        paths = [Path(p) for p in fitted.dataset.get("parity_images", [])]
+    missing = [p for p in paths if not p.is_file()]
+    if not paths or missing:
+        where = f" (missing: {missing[0]})" if missing else ""
+        raise ExportError(
+            f"the parity check needs real images of the dataset{where}; they were recorded at training time "
+            f"from {fitted.dataset.get('root', '?')!r}. Pass --parity-images FOLDER_OR_FILES to use others."
+        )
+    return paths
+
+
+def export_bundle(
+    model: FittedMethod | str | Path,
+    out: str | Path,
+    *,
+    fmt: str = "onnx",
+    bank: str = "faiss",
+    index_type: str = "Flat",
+    opset: int = DEFAULT_OPSET,
+    parity_images: Sequence[str | Path] | None = None,
+    tolerance: dict[str, float] | None = None,
+    max_batch: int = 16,
+    fp16: bool = False,
+    overwrite: bool = False,
+    progress: Progress = SILENT,
+) -> dict[str, Any]:
+    """Write a bundle; returns its manifest.
+
+    Args:
+        model: a fitted method or the folder ``adx train`` wrote.
+        fmt: ``onnx``, or ``tensorrt`` (the ONNX bundle plus a TensorRT engine built on this GPU).
+        bank: ``faiss`` (index file) or ``npz`` (numpy brute force in the runtime).
+        index_type: FAISS index factory string, e.g. ``Flat``, ``HNSW32``, ``IVF64,Flat``.
+        tolerance: parity tolerances overriding the defaults for this bank and precision.
+        max_batch: largest batch the TensorRT engine's shape profile accepts.
+    """
+    if fmt not in FORMATS:
+        raise ConfigError(f"export format {fmt!r} is not known; valid: {', '.join(FORMATS)}")
+    if fp16 and fmt != "tensorrt":
+        raise ConfigError("--fp16 applies to TensorRT engines; the ONNX graph is exported in float32")
+    if fmt == "tensorrt" and "tensorrt" not in available_devices():
+        raise ProviderError(
+            "--format tensorrt builds a TensorRT engine for this machine's GPU through ONNX Runtime's "
+            f"TensorrtExecutionProvider, which is not available here (available: {', '.join(available_devices())}). "
+            "Run this on the target NVIDIA box with pip install 'adexport[gpu]', or export --format onnx here "
+            "and build the engine there."
+        )
+    fitted = model if isinstance(model, FittedMethod) else load_fitted(model)
+    images = _parity_images(fitted, parity_images)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        with progress.task("Exporting ONNX graph", None):
+            graph = export_onnx(fitted, tmp / GRAPH_FILE, opset)
+        graph["max_batch"] = max_batch if fmt == "tensorrt" else None
+        with progress.task("Writing scoring data", None):
+            scoring, files = fitted.write_scoring_data(tmp, bank=bank, index_type=index_type)
+        manifest: dict[str, Any] = {
+            "format": BUNDLE_FORMAT,
+            "schema_version": SCHEMA_VERSION,
+            "adexport_version": __version__,
+            "method": fitted.name,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "input": fitted.preprocess.to_dict(),
+            "graph": graph,
+            "files": [file_entry(tmp, GRAPH_FILE, "onnx-graph", opset=opset), *files],
+            "scoring": scoring,
+            "calibration": fitted.calibration,
+            "method_config": config_to_dict(fitted.config),
+            "backbone": fitted.backbone.to_dict(),
+            "training": {**fitted.dataset, "fit_seconds": fitted.report.phases, "sizes": fitted.report.sizes},
+            "provenance": _versions(),
+        }
+        write_json_atomic(tmp / MANIFEST, manifest)
+        if tolerance is None:
+            tolerance = TOLERANCE_EXACT if fitted.exact_scoring else TOLERANCE_APPROXIMATE
+        with progress.task(f"Parity check on {len(images)} images (torch vs ONNX Runtime)", None):
+            parity = parity_check(fitted, tmp, images, device="cpu", tolerance=tolerance)
+        manifest["parity"] = parity
+        _refuse_if_failed(parity, "ONNX Runtime (cpu)")
+        if fmt == "tensorrt":
+            manifest["tensorrt"], engine_files = _build_tensorrt(tmp, manifest, max_batch, fp16)
+            manifest["files"] += engine_files
+            write_json_atomic(tmp / MANIFEST, manifest)
+            trt_tol = TOLERANCE_FP16 if fp16 else tolerance
+            with progress.task("Parity check on the TensorRT engine", None):
+                manifest["tensorrt"]["parity"] = parity_check(fitted, tmp, images, device="tensorrt", tolerance=trt_tol)
+            _refuse_if_failed(manifest["tensorrt"]["parity"], "TensorRT")
+        write_json_atomic(tmp / MANIFEST, manifest)
+    return manifest
+
+
+def _refuse_if_failed(parity: dict[str, Any], where: str) -> None:
+    if parity["passed"]:
+        return
+    lines = [f"  {k}: {parity['errors'][k]['max_rel']:.3g} > tolerance {parity['tolerance'][k]:.3g}" for k in parity["failed"]]
+    raise ExportError(
+        f"parity check failed on {where}: the exported bundle scores differently from the trained model "
+        f"(relative max error over {parity['n_images']} images):\n" + "\n".join(lines)
+        + "\nNo bundle was written. An approximate FAISS index or fp16 needs a looser --parity-tolerance."
+    )
+
+
+def _build_tensorrt(bundle_dir: Path, manifest: dict[str, Any], max_batch: int, fp16: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Build the TensorRT engine with ONNX Runtime's TensorRT provider into ``engines/``.
+
+    The engine is a cache of the ONNX graph for one TensorRT version and GPU compute capability,
+    named after both; ONNX Runtime rebuilds it when either differs.
+    """
+    import onnxruntime as ort  # noqa: PLC0415
+
+    trt_version = _trt_version()
+    cc = _compute_capability()
+    prefix = f"model_trt{trt_version}_sm{cc}{'_fp16' if fp16 else ''}"
+    engine_dir = bundle_dir / "engines"
+    engine_dir.mkdir()
+    h, w = manifest["input"]["input_size"]
+    shape = f"{INPUT_NAME}:{{}}x3x{h}x{w}"
+    profile = {"min": shape.format(1), "opt": shape.format(min(8, max_batch)), "max": shape.format(max_batch)}
+    options = tensorrt_provider_options(engine_dir, profile, fp16=fp16, prefix=prefix)
+    session = ort.InferenceSession(str(bundle_dir / GRAPH_FILE),
+                                   providers=[("TensorrtExecutionProvider", options), "CPUExecutionProvider"])
+    if session.get_providers()[0] != "TensorrtExecutionProvider":
+        raise ProviderError(f"ONNX Runtime did not start the TensorRT provider (got {session.get_providers()})")
+    session.run(None, {INPUT_NAME: np.zeros((1, 3, h, w), np.float32)})  # builds and caches the engine
+    engines = sorted(p for p in engine_dir.iterdir() if p.is_file())
+    if not engines:
+        raise ExportError("ONNX Runtime's TensorRT provider ran but wrote no engine file into the bundle")
+    files = [file_entry(bundle_dir, str(p.relative_to(bundle_dir)), "tensorrt-engine",
+                        tensorrt_version=trt_version, compute_capability=cc) for p in engines]
+    section = {"engine_dir": "engines", "engine_prefix": prefix, "tensorrt_version": trt_version,
+               "compute_capability": cc, "fp16": fp16, "profile": profile}
+    return section, files
+
+
+def _trt_version() -> str:
+    for dist in ("tensorrt-cu12", "tensorrt", "tensorrt-libs"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            return metadata.version(dist)
+    raise ProviderError("TensorRT is not installed; pip install 'adexport[gpu]'")
+
+
+def _compute_capability() -> str:
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability(0)
+        return f"{major}{minor}"
+    raise ProviderError("no CUDA GPU is visible to name the TensorRT engine by its compute capability")

@@ -1,0 +1,73 @@
+"""The fitted-model folder ``adx train`` writes: ``model.json`` + ``tensors.safetensors``, no pickle.
+
+It holds everything export needs: method, config, preprocessing, backbone description, the fitted
+tensors (graph weights, bank or statistics), calibration, and which dataset it came from.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from adexport.methods import get_method
+from adexport.methods.base import FittedMethod, config_to_dict
+from adx_runtime import __version__
+from adx_runtime.bundle import atomic_dir
+from adx_runtime.errors import ConfigError
+
+FITTED_FORMAT = "adexport-fitted-model"
+FITTED_VERSION = 1
+META = "model.json"
+TENSORS = "tensors.safetensors"
+
+
+def save_fitted(fitted: FittedMethod, out_dir: str | Path, *, overwrite: bool = False) -> Path:
+    """Write the fitted model atomically; returns its folder."""
+    from safetensors.torch import save_file  # noqa: PLC0415
+
+    import torch  # noqa: PLC0415
+
+    meta = {
+        "format": FITTED_FORMAT,
+        "version": FITTED_VERSION,
+        "adexport_version": __version__,
+        "method": fitted.name,
+        "config": config_to_dict(fitted.config),
+        "preprocess": fitted.preprocess.to_dict(),
+        "backbone": fitted.backbone.to_dict(),
+        "calibration": fitted.calibration,
+        "dataset": fitted.dataset,
+        "fit": {"seconds": fitted.report.phases, "total_seconds": fitted.report.total, "sizes": fitted.report.sizes,
+                "skipped_images": [{"file": f, "reason": r} for f, r in fitted.report.skipped]},
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+    }
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in fitted.tensors().items()}
+        save_file(tensors, str(tmp / TENSORS))
+        (tmp / META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return Path(out_dir)
+
+
+def load_fitted(path: str | Path) -> FittedMethod:
+    """Read a folder written by :func:`save_fitted`."""
+    from safetensors.torch import load_file  # noqa: PLC0415
+
+    root = Path(path)
+    meta_path = root / META
+    if not meta_path.is_file():
+        hint = " (that is a bundle; `adx export` takes the folder `adx train` wrote)" if (root / "manifest.json").is_file() else ""
+        raise ConfigError(f"{str(root)!r} is not a fitted model: it has no {META}{hint}")
+    meta: dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8"))
+    if meta.get("format") != FITTED_FORMAT or meta.get("version") != FITTED_VERSION:
+        raise ConfigError(f"{str(meta_path)!r} is not a fitted model of version {FITTED_VERSION}; re-run `adx train`")
+    entry = get_method(meta["method"])
+    fitted = entry.fitted_cls.from_saved(meta, load_file(str(root / TENSORS)))
+    fitted.calibration = meta.get("calibration", {})
+    fitted.dataset = meta.get("dataset", {})
+    fitted.report.phases.update(meta.get("fit", {}).get("seconds", {}))
+    fitted.report.sizes.update(meta.get("fit", {}).get("sizes", {}))
+    return fitted

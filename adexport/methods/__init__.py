@@ -1,0 +1,40 @@
+"""The one table of methods: name -> config, fit function and fitted class."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from adexport.methods import patchcore
+from adexport.methods.base import FittedMethod
+from adx_runtime.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    name: str
+    summary: str
+    config_cls: type
+    fit: Callable[..., FittedMethod]
+    fitted_cls: type[FittedMethod]
+
+
+METHODS: dict[str, MethodEntry] = {
+    "patchcore": MethodEntry(
+        "patchcore", "PatchCore: coreset memory bank of locally aware patch features, kNN scoring",
+        patchcore.PatchCoreConfig, patchcore.fit, patchcore.FittedPatchCore,
+    ),
+}
+
+
+def get_method(name: str) -> MethodEntry:
+    if name not in METHODS:
+        raise ConfigError(f"method {name!r} is not known; valid: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def method_names() -> list[str]:
+    return list(METHODS)
+
+
+__all__ = ["METHODS", "MethodEntry", "get_method", "method_names"]

@@ -1,0 +1,233 @@
+"""PatchCore (Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022).
+
+Graph (exported): backbone -> two mid-level stages -> 3x3 local neighbourhood averaging (the
+"locally aware" aggregation of eq. 2) -> deeper stage upsampled to the first one's resolution ->
+concatenated -> pooled to ``target_dim`` channels -> patch features ``(B, h*w, D)``.
+
+Fit: features of all training patches -> greedy k-center coreset (Alg. 1) on a random projection
+-> memory bank ``M``. No training loop: fitting is a function.
+
+Scoring (runtime, and :meth:`FittedPatchCore.reference` in torch): nearest-neighbour distance per
+patch, the image score reweighted with eq. 7, the patch map upsampled and smoothed (sigma = 4).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adexport.backbones import DEFAULT_BACKBONE, BackboneInfo, FeatureExtractor, build_architecture, create_backbone
+from adexport.coreset import greedy_coreset
+from adexport.data import Skipped, image_batches
+from adexport.methods.base import FittedMethod, Reference, config_from_dict
+from adexport.methods.common import anomaly_map, channel_pool_matrix, nearest
+from adx_runtime.bundle import file_entry
+from adx_runtime.datasets import Sample
+from adx_runtime.errors import ConfigError, ExportError
+from adx_runtime.knn import import_faiss
+from adx_runtime.preprocess import PreprocessConfig
+from adx_runtime.progress import SILENT, Progress
+
+
+@dataclass
+class PatchCoreConfig:
+    backbone: str = DEFAULT_BACKBONE  # timm name; efficientnet_lite0 has offline weights
+    weights: str = "auto"  # auto | offline | timm | random | path to a weights file
+    layers: tuple[int | str, ...] = (2, 3)  # two mid-level stages (stride 8 and 16)
+    image_size: int = 256  # square input side after resize
+    interpolation: str = "bilinear"  # resize filter, recorded in the manifest
+    target_dim: int | None = None  # patch feature size D; None = the stages' channels concatenated
+    coreset_ratio: float = 0.1  # |coreset| / |all training patches|
+    projection_dim: int = 128  # random projection used only while selecting the coreset
+    num_neighbors: int = 3  # b of eq. 7 (image-score reweighting); 1 disables it
+    blur_sigma: float = 4.0  # Gaussian smoothing of the upsampled map, in pixels
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.coreset_ratio <= 1.0:
+            raise ConfigError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
+        if self.num_neighbors < 1:
+            raise ConfigError(f"num_neighbors (k) must be >= 1, got {self.num_neighbors}")
+        if self.image_size < 32:
+            raise ConfigError(f"image_size must be >= 32, got {self.image_size}")
+        if len(self.layers) < 1:
+            raise ConfigError("layers needs at least one feature stage")
+        if self.target_dim is not None and self.target_dim < 1:
+            raise ConfigError(f"target_dim must be >= 1, got {self.target_dim}")
+
+
+def projection_matrix(channels: Sequence[int], target_dim: int | None) -> torch.Tensor | None:
+    """Channel pooling of the concatenated stages, or None to keep them as they are.
+
+    As in the paper, each stage is first pooled to ``target_dim`` (so every stage has an equal
+    share whatever its width), then the concatenation is pooled to ``target_dim``; both steps are
+    adaptive average pooling over channels, folded here into one ``(D, sum C)`` matrix.
+    """
+    if target_dim is None:
+        return None
+    per_stage = torch.block_diag(*[channel_pool_matrix(c, target_dim) for c in channels])
+    return channel_pool_matrix(target_dim * len(channels), target_dim) @ per_stage
+
+
+class PatchCoreGraph(nn.Module):
+    """``image (B, 3, H, W) -> patch_features (B, h * w, D)``. No I/O, no device choice."""
+
+    def __init__(self, extractor: FeatureExtractor, image_size: tuple[int, int], projection: torch.Tensor | None):
+        super().__init__()
+        self.extractor = extractor
+        stride = extractor.info.strides[0]
+        self.grid = (image_size[0] // stride, image_size[1] // stride)
+        self.register_buffer("projection", projection if projection is not None else torch.empty(0), persistent=True)
+
+    @property
+    def feature_dim(self) -> int:
+        if self.projection.numel():
+            return int(self.projection.shape[0])
+        return int(sum(self.extractor.info.channels))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        feats = [F.avg_pool2d(f, kernel_size=3, stride=1, padding=1) for f in self.extractor(image)]
+        feats = [feats[0]] + [F.interpolate(f, size=self.grid, mode="bilinear", align_corners=False) for f in feats[1:]]
+        z = torch.cat(feats, dim=1).flatten(2).transpose(1, 2)  # (B, h*w, C)
+        if self.projection.numel():
+            z = z @ self.projection.T
+        return z
+
+
+class FittedPatchCore(FittedMethod):
+    name = "patchcore"
+    output_names = ("patch_features",)
+
+    def __init__(self, config: PatchCoreConfig, preprocess: PreprocessConfig, graph: PatchCoreGraph,
+                 memory_bank: torch.Tensor):
+        super().__init__(config, preprocess, graph.extractor.info)
+        self._graph = graph.eval()
+        self.memory_bank = memory_bank  # (M, D) coreset
+
+    def graph(self) -> nn.Module:
+        return self._graph
+
+    @torch.no_grad()
+    def reference(self, x: torch.Tensor, *, exact: bool = True) -> Reference:
+        feats = self._graph(x)
+        B, N, D = feats.shape
+        bank = self.memory_bank
+        dist, ids = nearest(feats.reshape(-1, D), bank, 1, exact=exact)
+        patch, nn_ids = dist[:, 0].view(B, N), ids[:, 0].view(B, N)
+        rows = torch.arange(B)
+        star = patch.argmax(dim=1)
+        s_star = patch[rows, star]
+        k = self.config.num_neighbors
+        if k > 1:
+            m_test = feats[rows, star]  # (B, D)
+            _, support_ids = nearest(bank[nn_ids[rows, star]], bank, k, exact=exact)  # (B, k), m* first
+            d = torch.linalg.norm(bank[support_ids] - m_test[:, None, :], dim=-1)  # (B, k)
+            image = (1.0 - torch.softmax(d, dim=1)[:, 0]) * s_star
+        else:
+            image = s_star
+        maps = anomaly_map(patch.view(B, *self._graph.grid), self.preprocess.input_size, self.config.blur_sigma)
+        return Reference({"patch_features": feats}, image, maps)
+
+    def write_scoring_data(self, bundle_dir: Path, *, bank: str = "faiss", index_type: str = "Flat",
+                           **_: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        vectors = np.ascontiguousarray(self.memory_bank.numpy(), dtype=np.float32)
+        M, D = vectors.shape
+        if bank == "faiss":
+            faiss = import_faiss()
+            try:
+                index = faiss.index_factory(D, index_type, faiss.METRIC_L2)
+                if not index.is_trained:
+                    index.train(vectors)
+                index.add(vectors)
+            except RuntimeError as exc:
+                raise ExportError(
+                    f"FAISS could not build index type {index_type!r} on a bank of {M} x {D}: {exc}. "
+                    "Use the default Flat, or an index whose training needs fewer points."
+                ) from None
+            name = "memory_bank.faiss"
+            faiss.write_index(index, str(bundle_dir / name))
+            exact = index_type.replace(" ", "") in ("Flat", "IDMap,Flat")
+            entry = file_entry(bundle_dir, name, "faiss-index", shape=[M, D], dtype="float32")
+        elif bank == "npz":
+            name = "memory_bank.npz"
+            np.savez(bundle_dir / name, memory_bank=vectors)
+            index_type, exact = "numpy-exact", True
+            entry = file_entry(bundle_dir, name, "npz", arrays={"memory_bank": {"shape": [M, D], "dtype": "float32"}})
+        else:
+            raise ConfigError(f"bank format {bank!r} is not known; valid: faiss, npz")
+        self._exact = exact
+        scoring = {
+            "feature_output": "patch_features",
+            "patch_grid": list(self._graph.grid),
+            "num_neighbors": self.config.num_neighbors,
+            "blur_sigma": self.config.blur_sigma,
+            "image_score": "eq. 7 reweighted max patch distance",
+            "bank": {"file": name, "format": bank, "index_type": index_type, "size": M, "dim": D, "exact": exact},
+        }
+        return scoring, [entry]
+
+    @property
+    def exact_scoring(self) -> bool:
+        return getattr(self, "_exact", True)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        state = {f"graph.{k}": v for k, v in self._graph.state_dict().items()}
+        state["memory_bank"] = self.memory_bank
+        return state
+
+    @classmethod
+    def from_saved(cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> "FittedPatchCore":
+        config = config_from_dict(PatchCoreConfig, meta["config"])
+        preprocess = PreprocessConfig.from_dict(meta["preprocess"])
+        extractor = build_architecture(BackboneInfo.from_dict(meta["backbone"]))
+        graph = PatchCoreGraph(extractor, preprocess.input_size, tensors.get("graph.projection"))
+        graph.load_state_dict({k[len("graph."):]: v for k, v in tensors.items() if k.startswith("graph.")})
+        return cls(config, preprocess, graph, tensors["memory_bank"])
+
+
+@torch.no_grad()
+def fit(config: PatchCoreConfig, samples: Sequence[Sample], *, device: str = "cpu", batch_size: int = 8,
+        progress: Progress = SILENT) -> FittedPatchCore:
+    """Fit PatchCore on normal images: features -> coreset -> memory bank."""
+    t0 = time.perf_counter()
+    extractor = create_backbone(config.backbone, config.layers, config.weights)
+    info = extractor.info
+    preprocess = PreprocessConfig.square(config.image_size, interpolation=config.interpolation,
+                                         mean=info.mean, std=info.std)
+    projection = projection_matrix(list(info.channels), config.target_dim)
+    graph = PatchCoreGraph(extractor, preprocess.input_size, projection).eval()
+    t1 = time.perf_counter()
+
+    model = graph.to(device)
+    skipped = Skipped()
+    chunks = [model(x.to(device)).reshape(-1, model.feature_dim).cpu().numpy()
+              for x in image_batches([s.path for s in samples], preprocess, batch_size,
+                                     progress=progress, skipped=skipped)]
+    if not chunks:
+        raise ConfigError("none of the training images could be decoded; see the messages above")
+    features = np.concatenate(chunks)
+    graph.cpu()
+    t2 = time.perf_counter()
+
+    n_select = max(1, int(round(config.coreset_ratio * len(features))))
+    if n_select < len(features):
+        idx = greedy_coreset(features, n_select, projection_dim=config.projection_dim, seed=config.seed,
+                             progress=progress)
+        bank = features[idx]
+    else:
+        bank = features
+    t3 = time.perf_counter()
+
+    fitted = FittedPatchCore(config, preprocess, graph, torch.from_numpy(np.ascontiguousarray(bank)))
+    fitted.report.phases.update({"backbone_setup": t1 - t0, "feature_extraction": t2 - t1, "coreset_selection": t3 - t2})
+    fitted.report.sizes.update({"fit_images": len(samples) - len(skipped.files), "skipped_images": len(skipped.files),
+                                "patches": len(features), "memory_bank": len(bank), "feature_dim": int(bank.shape[1])})
+    fitted.report.skipped = list(skipped.files)
+    return fitted

@@ -1,0 +1,117 @@
+"""``adx train``: dataset -> fitted method -> calibration on held-out normal images -> folder."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from adexport.data import holdout_split, image_batches
+from adexport.methods import get_method
+from adexport.methods.base import FittedMethod, make_config
+from adx_runtime import calibration
+from adx_runtime.datasets import GOOD, CategorySplit, Sample, load_split
+from adx_runtime.errors import ConfigError
+from adx_runtime.progress import SILENT, Progress
+
+#: Images used by the export parity check (taken from test/ when it exists).
+PARITY_IMAGES = 8
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; an explicit ``cuda`` must exist."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu")
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"training device {device!r} is not known; valid: auto, cpu, cuda")
+    return device
+
+
+def parity_samples(split: CategorySplit, holdout: list[Sample], n: int = PARITY_IMAGES) -> list[Sample]:
+    """A few real images for export's parity check: test images of every kind, else held-out ones."""
+    if not split.test:
+        return holdout[:n]
+    by_kind: dict[str, list[Sample]] = {}
+    for s in split.test:
+        by_kind.setdefault(s.defect, []).append(s)
+    kinds = [GOOD] + [k for k in sorted(by_kind) if k != GOOD] if GOOD in by_kind else sorted(by_kind)
+    picked: list[Sample] = []
+    depth = 0
+    while len(picked) < n and any(len(by_kind[k]) > depth for k in kinds):
+        picked += [by_kind[k][depth] for k in kinds if len(by_kind[k]) > depth][: n - len(picked)]
+        depth += 1
+    return picked
+
+
+@torch.no_grad()
+def calibrate(fitted: FittedMethod, samples: list[Sample], *, batch_size: int = 8,
+              progress: Progress = SILENT, sigmas: float = calibration.DEFAULT_SIGMAS) -> dict[str, Any]:
+    """Raw-score statistics of held-out normal images, thresholds and normalisation."""
+    scores, maxima, pixels = [], [], []
+    rng = np.random.default_rng(0)
+    for x in image_batches([s.path for s in samples], fitted.preprocess, batch_size, progress=progress,
+                           description="Calibrating on held-out normal images"):
+        ref = fitted.reference(x, exact=False)
+        maps = ref.anomaly_maps.numpy().reshape(len(x), -1)
+        scores.append(ref.image_scores.numpy())
+        maxima.append(maps.max(axis=1))
+        pixels.append(rng.choice(maps.ravel(), size=min(maps.size, 4096), replace=False))
+    image = calibration.threshold_entry(np.concatenate(scores), sigmas)
+    pixel = calibration.threshold_entry(np.concatenate(maxima), sigmas)
+    pix = np.concatenate(pixels)
+    pixel["normal_pixel_median"] = float(np.median(pix))
+    pixel["scale"] = calibration.scale_for(pixel["threshold"], {"median": pixel["normal_pixel_median"],
+                                                                "std": float(pix.std())})
+    pixel["rule"] += " (per-image map maxima); scale from the median held-out pixel"
+    return {
+        "holdout_images": len(samples),
+        "image": image,
+        "pixel": pixel,
+        "normalisation": calibration.NORMALISATION_RULE,
+        "history": [{"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "action": "fit",
+                     "image_threshold": image["threshold"], "pixel_threshold": pixel["threshold"]}],
+    }
+
+
+def train(
+    dataset: str | Path,
+    category: str | None = None,
+    method: str = "patchcore",
+    *,
+    options: dict[str, Any] | None = None,
+    holdout: float = 0.2,
+    device: str = "cpu",
+    batch_size: int = 8,
+    progress: Progress = SILENT,
+) -> FittedMethod:
+    """Fit ``method`` on ``train/good`` of one category and calibrate it on a held-out part.
+
+    Args:
+        options: method config overrides (``None`` values mean "the method's default").
+        holdout: fraction of ``train/good`` kept out of the fit to calibrate thresholds.
+    """
+    entry = get_method(method)
+    config = make_config(entry.config_cls, options or {})
+    split = load_split(dataset, category, need_test=False)
+    fit_samples, held_out = holdout_split(split.train, holdout, seed=getattr(config, "seed", 0))
+    device = resolve_device(device)
+    fitted = entry.fit(config, fit_samples, device=device, batch_size=batch_size, progress=progress)
+    t0 = time.perf_counter()
+    fitted.calibration = calibrate(fitted, held_out, batch_size=batch_size, progress=progress)
+    fitted.report.phases["calibration"] = time.perf_counter() - t0
+    fitted.dataset = {
+        "root": str(Path(dataset).resolve()),
+        "category": split.category,
+        "train_images": len(split.train),
+        "fit_images": len(fit_samples),
+        "holdout_images": len(held_out),
+        "parity_images": [str(s.path.resolve()) for s in parity_samples(split, held_out)],
+        "device": device,
+    }
+    return fitted

@@ -1,0 +1,3 @@
+from adx_cli.app import main
+
+main()
