@@ -212,9 +212,9 @@ def create_backbone(name: str = DEFAULT_BACKBONE, layers: Sequence[int | str] = 
     if use_timm_pretrained:
         cfg = getattr(model, "pretrained_cfg", {}) or {}
         mean, std = tuple(cfg.get("mean", mean)), tuple(cfg.get("std", std))
+    _drop_unused_blocks(model)
     if state is not None:
         _load_into_features(model, state, source)
-    _drop_unused_blocks(model)
     info = model.feature_info
     bi = BackboneInfo(
         name=name, arch=arch, out_indices=out_indices,

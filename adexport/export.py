@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import platform
+import time
 import warnings
 from datetime import datetime, timezone
 from importlib import metadata
@@ -171,12 +172,16 @@ def export_bundle(
         )
     fitted = model if isinstance(model, FittedMethod) else load_fitted(model)
     images = _parity_images(fitted, parity_images)
+    seconds: dict[str, float] = {}
     with atomic_dir(out, overwrite=overwrite) as tmp:
+        t0 = time.perf_counter()
         with progress.task("Exporting ONNX graph", None):
             graph = export_onnx(fitted, tmp / GRAPH_FILE, opset)
         graph["max_batch"] = max_batch if fmt == "tensorrt" else None
+        t1 = time.perf_counter()
         with progress.task("Writing scoring data", None):
             scoring, files = fitted.write_scoring_data(tmp, bank=bank, index_type=index_type)
+        seconds.update(onnx_export=t1 - t0, scoring_data=time.perf_counter() - t1)
         manifest: dict[str, Any] = {
             "format": BUNDLE_FORMAT,
             "schema_version": SCHEMA_VERSION,
@@ -196,9 +201,12 @@ def export_bundle(
         write_json_atomic(tmp / MANIFEST, manifest)
         if tolerance is None:
             tolerance = TOLERANCE_EXACT if fitted.exact_scoring else TOLERANCE_APPROXIMATE
+        t2 = time.perf_counter()
         with progress.task(f"Parity check on {len(images)} images (torch vs ONNX Runtime)", None):
             parity = parity_check(fitted, tmp, images, device="cpu", tolerance=tolerance)
+        seconds["parity_check"] = time.perf_counter() - t2
         manifest["parity"] = parity
+        manifest["export_seconds"] = seconds
         _refuse_if_failed(parity, "ONNX Runtime (cpu)")
         if fmt == "tensorrt":
             manifest["tensorrt"], engine_files = _build_tensorrt(tmp, manifest, max_batch, fp16)
