@@ -324,22 +324,150 @@ def eval_cmd(
     dataset: Annotated[Path, typer.Argument(help="Dataset root (MVTec AD layout) or a category folder.")],
     category: Annotated[Optional[str], typer.Option("--category", "-c", help="Category folder inside DATASET.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write every number (and each image's score) here.")] = None,
+    report: Annotated[Optional[Path], typer.Option(help="Folder for ROC/PRO curves, score histogram, worst-case galleries and index.html.")] = None,
     device: Annotated[str, typer.Option(help="ONNX Runtime provider: cpu | cuda | tensorrt.")] = "cpu",
     bank_device: Annotated[str, typer.Option(help="FAISS search: auto | cpu | cuda.")] = "auto",
     threshold: Annotated[Optional[float], typer.Option(help="Raw image threshold overriding the bundle's.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 8,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Score a test split with the torch-free runtime: image/pixel AUROC, AUPRO, F1-max, per defect type."""
-    from adx_runtime.evaluate import evaluate  # noqa: PLC0415
+    """Score a test split with the torch-free runtime: image/pixel AUROC, AUPRO, F1-max, per defect type.
 
-    ev = evaluate(bundle, dataset, category, device=device, bank_device=bank_device, batch_size=batch_size,
-                  threshold=threshold, progress=_progress(quiet))
+    Pixel metrics need masks in ground_truth/; without them only image metrics are reported, and the output
+    says so.
+    """
+    from adx_runtime.evaluate import evaluate  # noqa: PLC0415
+    from adx_runtime.predictor import Predictor  # noqa: PLC0415
+
+    predictor = Predictor.load(bundle, device=device, bank_device=bank_device, threshold=threshold)
+    ev = evaluate(bundle, dataset, category, batch_size=batch_size, progress=_progress(quiet), predictor=predictor)
     print_evaluation(ev)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(ev.to_json(), indent=2) + "\n", encoding="utf-8")
         typer.echo(f"wrote {json_out}")
+    if report:
+        from adx_runtime.report import write_report  # noqa: PLC0415
+
+        files = write_report(ev, report, predictor)
+        typer.echo(f"report: {', '.join(p.name for p in files)} in {report}")
+
+
+# ------------------------------------------------------------------------------------ calibrate
+@app.command()
+@handle_errors
+def calibrate(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder; its manifest is rewritten atomically.")],
+    dataset: Annotated[Path, typer.Argument(help="Validation data in the MVTec AD layout (its test/ split is used).")],
+    category: Annotated[Optional[str], typer.Option("--category", "-c", help="Category folder inside DATASET.")] = None,
+    mode: Annotated[str, typer.Option(help="f1: F1-optimal thresholds; fpr: at most --fpr of good images flagged.")] = "f1",
+    fpr: Annotated[float, typer.Option(help="With --mode fpr: allowed false-positive rate on good images (and pixels).")] = 0.01,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 8,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Reset the bundle's image threshold (and pixel threshold when masks exist) from a validation split.
+
+    The change is recorded in the manifest's calibration history. Use a validation set separate from the
+    test set you report metrics on.
+    """
+    from adx_runtime.recalibrate import recalibrate  # noqa: PLC0415
+
+    entry = recalibrate(bundle, dataset, category, mode=mode, fpr=fpr, batch_size=batch_size, progress=_progress(quiet))
+    it = entry["image_threshold"]
+    typer.echo(f"image threshold {it['old']:.4g} -> {it['new']:.4g} ({mode} on {entry['n_images']} images)")
+    if entry["pixel_threshold"]:
+        pt = entry["pixel_threshold"]
+        typer.echo(f"pixel threshold {pt['old']:.4g} -> {pt['new']:.4g}")
+    a = entry["at_new_threshold"]
+    tpr = "n/a" if a["true_positive_rate"] is None else f"{a['true_positive_rate']:.1%}"
+    typer.echo(f"at the new threshold on this split: {a['false_positive_rate']:.1%} of good flagged, {tpr} of anomalous detected")
+    typer.echo(f"rewrote {bundle / 'manifest.json'}")
+
+
+# ---------------------------------------------------------------------------------------- bench
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise ConfigError(f"expected comma-separated integers, got {text!r}")
+    return values
+
+
+@app.command()
+@handle_errors
+def bench(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
+    images: Annotated[Optional[list[str]], typer.Option(help="Images to time with [default: the bundle's parity images].")] = None,
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes to sweep.")] = "1,4,16",
+    runs: Annotated[int, typer.Option(help="Timed batches per batch size.")] = 20,
+    warmup: Annotated[int, typer.Option(help="Untimed batches first, per batch size.")] = 3,
+    device: Annotated[str, typer.Option(help="ONNX Runtime provider: cpu | cuda | tensorrt.")] = "cpu",
+    bank_device: Annotated[str, typer.Option(help="FAISS search: auto | cpu | cuda.")] = "auto",
+    threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads (0 = all cores).")] = 0,
+    compare: Annotated[Optional[Path], typer.Option(help="A second bundle, printed side by side with ratios.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write every figure here.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Latency and throughput of a bundle: batch-size sweep, p50/p90/p99, time split by stage, memory, size.
+
+    Stages: decode+preprocess, graph (ONNX Runtime), scoring (bank search or density), post (upsample + blur).
+    """
+    from adx_runtime.bench import bench_in_subprocess, format_comparison, format_report, run_bench  # noqa: PLC0415
+
+    sizes = _int_list(batch_sizes)
+    if compare is None:
+        result = run_bench(bundle, images=expand_inputs(images) if images else None, batch_sizes=sizes, runs=runs,
+                           warmup=warmup, device=device, bank_device=bank_device, threads=threads,
+                           progress=_progress(quiet))
+        typer.echo(format_report(result))
+    else:
+        args = ["--batch-sizes", batch_sizes, "--runs", str(runs), "--warmup", str(warmup), "--device", device,
+                "--bank-device", bank_device, "--threads", str(threads)]
+        for img in images or []:
+            args += ["--images", img]
+        a, b = bench_in_subprocess(bundle, args), bench_in_subprocess(compare, args)
+        typer.echo(format_report(a))
+        typer.echo(format_report(b))
+        typer.echo(format_comparison(a, b))
+        result = {"a": a, "b": b}
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        if not quiet:
+            typer.echo(f"wrote {json_out}")
+
+
+@app.command("bench-fit")
+@handle_errors
+def bench_fit_cmd(
+    method: Annotated[str, typer.Option("--method", "-m", help="Method to fit.")] = "patchcore",
+    n_train: Annotated[int, typer.Option(help="Normal training images to generate.")] = 60,
+    data_size: Annotated[int, typer.Option(help="Side of the generated images, px.")] = 160,
+    image_size: Annotated[Optional[int], typer.Option(help="Model input size [default: the method's, 256].")] = None,
+    backbone: Annotated[Optional[str], typer.Option(help="timm backbone [default: efficientnet_lite0].")] = None,
+    weights: Annotated[Optional[str], typer.Option(help="auto | offline | timm | random | file.")] = None,
+    coreset_ratio: Annotated[Optional[float], typer.Option(help="PatchCore coreset ratio [default: 0.1].")] = None,
+    bank: Annotated[str, typer.Option(help="faiss | npz.")] = "faiss",
+    out: Annotated[Optional[Path], typer.Option(help="Keep data, model and bundle here (then run `adx bench OUT/bundle`).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write every figure here.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Time fit and export phases on generated data: imports, backbone, features, coreset, calibration, export."""
+    t0 = time.perf_counter()
+    import timm  # noqa: F401, PLC0415  (timed here so "imports" holds all of the training stack's)
+
+    from adexport.bench import bench_fit, format_fit_report  # noqa: PLC0415
+
+    import_seconds = time.perf_counter() - t0
+    options = {"image_size": image_size, "backbone": backbone, "weights": weights, "coreset_ratio": coreset_ratio}
+    result = bench_fit(method=method, options=options, n_train=n_train, data_size=data_size, out=out, bank=bank,
+                       import_seconds=import_seconds, progress=_progress(quiet))
+    typer.echo(format_fit_report(result))
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
 
 # ----------------------------------------------------------------------------------------- demo

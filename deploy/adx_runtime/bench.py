@@ -1,0 +1,185 @@
+"""``adx bench``: latency and throughput of a bundle with the torch-free runtime.
+
+For each batch size: warm-up batches, then timed batches of real image files, each split into
+decode+preprocess, graph (ONNX Runtime), scoring (bank search or density) and post-processing
+(upsample + blur). Latency percentiles are per batch and per image; throughput is images per
+second of wall time. Also: peak resident memory of the process, the bundle's size on disk and the
+providers actually used. ``--compare`` runs a second bundle in its own process (so its memory is
+its own) and prints both side by side with ratios.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from adx_runtime.errors import ConfigError
+from adx_runtime.images import IMAGE_SUFFIXES
+from adx_runtime.predictor import STAGES, Predictor
+from adx_runtime.progress import SILENT, Progress
+
+STAGE_LABELS = {"preprocess": "decode+preprocess", "graph": "graph", "scoring": "scoring", "postprocess": "post"}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def bundle_size_bytes(bundle: Path) -> int:
+    return sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file())
+
+
+def default_images(predictor: Predictor, n: int = 16) -> tuple[list[Path], str]:
+    """Images to time with: the bundle's recorded parity images if they exist, else generated ones."""
+    recorded = [Path(p) for p in predictor.manifest.get("training", {}).get("parity_images", [])]
+    recorded = [p for p in recorded if p.is_file()]
+    if recorded:
+        return recorded, "the bundle's parity images (recorded at training)"
+    from adx_runtime.synthetic import generate_demo_dataset  # noqa: PLC0415
+
+    tmp = Path(tempfile.mkdtemp(prefix="adx-bench-"))
+    generate_demo_dataset(tmp, ["weave"], n_train=n, n_test_good=1, n_test_per_defect=1, image_size=160)
+    return sorted((tmp / "weave" / "train" / "good").glob("*.png")), "generated demo images (160 px)"
+
+
+def _percentiles(values: Sequence[float]) -> dict[str, float]:
+    v = np.asarray(values, np.float64) * 1000.0
+    return {"p50": float(np.percentile(v, 50)), "p90": float(np.percentile(v, 90)), "p99": float(np.percentile(v, 99)),
+            "mean": float(v.mean())}
+
+
+def run_bench(
+    bundle: str | Path,
+    *,
+    images: Sequence[str | Path] | None = None,
+    batch_sizes: Sequence[int] = (1, 4, 16),
+    runs: int = 20,
+    warmup: int = 3,
+    device: str = "cpu",
+    bank_device: str = "auto",
+    threads: int = 0,
+    progress: Progress = SILENT,
+) -> dict[str, Any]:
+    """Time the bundle; returns every figure (also what ``--json`` writes)."""
+    if runs < 1 or warmup < 0 or not batch_sizes or min(batch_sizes) < 1:
+        raise ConfigError("need runs >= 1, warmup >= 0 and batch sizes >= 1")
+    root = Path(bundle)
+    rss_before = peak_rss_mb()
+    t0 = time.perf_counter()
+    predictor = Predictor.load(root, device=device, bank_device=bank_device, threads=threads)
+    load_seconds = time.perf_counter() - t0
+    if images:
+        files, source = [Path(p) for p in images], f"{len(images)} given images"
+    else:
+        files, source = default_images(predictor)
+    files = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise ConfigError("no image files to benchmark with")
+    cycle = itertools.cycle(files)
+    timer = predictor.timer
+    results = []
+    for b in batch_sizes:
+        with progress.task(f"batch {b}: {warmup} warm-up + {runs} timed batches", warmup + runs) as advance:
+            for _ in range(warmup):
+                list(predictor.predict_files([next(cycle) for _ in range(b)], batch_size=b))
+                advance(1)
+            timer.records.clear()
+            timer.enabled = True
+            latencies = []
+            for _ in range(runs):
+                batch = [next(cycle) for _ in range(b)]
+                t = time.perf_counter()
+                out = list(predictor.predict_files(batch, batch_size=b))
+                latencies.append(time.perf_counter() - t)
+                if any(not r.ok for r in out):
+                    raise ConfigError(f"benchmark image failed to decode: {[r.error for r in out if not r.ok][0]}")
+                advance(1)
+            timer.enabled = False
+        stage_totals = {s: float(np.sum(timer.records.get(s, [0.0]))) for s in STAGES}
+        total = float(np.sum(latencies))
+        results.append({
+            "batch_size": b,
+            "latency_ms_per_batch": _percentiles(latencies),
+            "latency_ms_per_image": _percentiles(np.asarray(latencies) / b),
+            "throughput_images_per_s": b * runs / total,
+            "stage_ms_per_image": {s: 1000.0 * v / (b * runs) for s, v in stage_totals.items()},
+            "stage_share": {s: v / total for s, v in stage_totals.items()},
+            "other_ms_per_image": 1000.0 * (total - sum(stage_totals.values())) / (b * runs),
+        })
+    return {
+        "bundle": str(root),
+        "method": predictor.method,
+        "bank": predictor.manifest["scoring"].get("bank", {}),
+        "device": device,
+        "providers": predictor.providers,
+        "scoring_backend": predictor.scorer.backend,
+        "bundle_mb": bundle_size_bytes(root) / 1e6,
+        "load_seconds": load_seconds,
+        "peak_rss_mb": peak_rss_mb(),
+        "rss_before_load_mb": rss_before,
+        "images": source,
+        "runs": runs,
+        "warmup": warmup,
+        "torch_imported": any(m == "torch" or m.startswith("torch.") for m in sys.modules),
+        "results": results,
+    }
+
+
+def bench_in_subprocess(bundle: str | Path, args: list[str]) -> dict[str, Any]:
+    """Run ``adx bench`` on ``bundle`` in a fresh process (clean memory figures) and read its JSON."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "bench.json"
+        cmd = [sys.executable, "-m", "adx_cli", "bench", str(bundle), "--json", str(out), "--quiet", *args]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ConfigError(f"benchmark of {bundle} failed: {proc.stderr.strip()[-2000:]}")
+        return json.loads(out.read_text())
+
+
+def format_report(r: dict[str, Any]) -> str:
+    lines = [
+        f"{r['bundle']}: {r['method']}, bank {r['bank'].get('format', '-')}/{r['bank'].get('index_type', '-')}, "
+        f"providers {', '.join(r['providers'])}, scoring on {r['scoring_backend']}",
+        f"  bundle {r['bundle_mb']:.1f} MB on disk, loaded in {r['load_seconds']:.2f} s, peak RSS {r['peak_rss_mb']:.0f} MB, "
+        f"torch imported: {'yes' if r['torch_imported'] else 'no'}; images: {r['images']}; {r['warmup']} warm-up + "
+        f"{r['runs']} timed batches",
+        f"  {'batch':>5} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'ms/img':>7} {'img/s':>7}   "
+        + " ".join(f"{STAGE_LABELS[s]:>17}" for s in STAGES),
+    ]
+    for x in r["results"]:
+        lat = x["latency_ms_per_batch"]
+        split = " ".join(f"{x['stage_ms_per_image'][s]:>8.2f} ms {x['stage_share'][s]:>4.0%}" for s in STAGES)
+        lines.append(f"  {x['batch_size']:>5} {lat['p50']:>8.1f} {lat['p90']:>8.1f} {lat['p99']:>8.1f} "
+                     f"{x['latency_ms_per_image']['p50']:>7.2f} {x['throughput_images_per_s']:>7.1f}   {split}")
+    return "\n".join(lines)
+
+
+def format_comparison(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """Two benchmark results side by side, with B / A ratios."""
+    def ratio(x: float, y: float) -> str:
+        return f"{y / x:.2f}x" if x else "-"
+
+    lines = [f"A: {a['bundle']} ({a['bank'].get('format')}/{a['bank'].get('index_type')}, {a['scoring_backend']})",
+             f"B: {b['bundle']} ({b['bank'].get('format')}/{b['bank'].get('index_type')}, {b['scoring_backend']})",
+             f"  {'':<24} {'A':>10} {'B':>10} {'B/A':>7}"]
+    for label, key in (("bundle MB", "bundle_mb"), ("peak RSS MB", "peak_rss_mb"), ("load s", "load_seconds")):
+        lines.append(f"  {label:<24} {a[key]:>10.2f} {b[key]:>10.2f} {ratio(a[key], b[key]):>7}")
+    for xa, xb in zip(a["results"], b["results"]):
+        bs = xa["batch_size"]
+        rows = [(f"batch {bs} img/s", xa["throughput_images_per_s"], xb["throughput_images_per_s"]),
+                (f"batch {bs} p50 ms/batch", xa["latency_ms_per_batch"]["p50"], xb["latency_ms_per_batch"]["p50"])]
+        rows += [(f"batch {bs} {STAGE_LABELS[s]} ms/img", xa["stage_ms_per_image"][s], xb["stage_ms_per_image"][s])
+                 for s in STAGES]
+        for label, va, vb in rows:
+            lines.append(f"  {label:<24} {va:>10.2f} {vb:>10.2f} {ratio(va, vb):>7}")
+    return "\n".join(lines)

@@ -1,0 +1,185 @@
+"""Scoring a test split with the torch-free runtime and computing its metrics (``adx eval``).
+
+Image level: AUROC and F1-max. Pixel level, when every anomalous test image has a mask: AUROC,
+AUPRO (FPR up to 0.3, normalised) and F1-max. A breakdown per defect type and for ``good``, and
+how the bundle's own threshold does (false positives on good, detections per defect).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from adx_runtime import __version__, metrics
+from adx_runtime.bundle import MANIFEST
+from adx_runtime.datasets import GOOD, CategorySplit, load_split
+from adx_runtime.errors import ImageDecodeError
+from adx_runtime.images import decode_mask
+from adx_runtime.predictor import Predictor
+from adx_runtime.preprocess import preprocess_mask
+from adx_runtime.progress import SILENT, Progress
+
+
+@dataclass
+class ImageRecord:
+    path: str
+    defect: str
+    label: int  # 0 normal, 1 anomalous (from the folder)
+    score: float | None = None  # raw image score
+    normalized: float | None = None
+    predicted: bool | None = None  # score >= threshold
+    error: str | None = None
+
+
+@dataclass
+class Evaluation:
+    bundle: str
+    method: str
+    category: str
+    dataset: str
+    threshold: float
+    pixel_threshold: float | None
+    records: list[ImageRecord]
+    metrics: dict[str, Any]  # name -> value (float) or None when undefined
+    per_kind: dict[str, dict[str, Any]]
+    notes: list[str]
+    manifest_sha256: str
+    has_masks: bool
+    maps: np.ndarray | None = field(default=None, repr=False)  # (N_ok, H, W) raw, for reports
+    masks: np.ndarray | None = field(default=None, repr=False)  # (N_ok, H, W) bool
+
+    @property
+    def scored(self) -> list[ImageRecord]:
+        return [r for r in self.records if r.error is None]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "bundle": self.bundle, "manifest_sha256": self.manifest_sha256, "method": self.method,
+            "dataset": self.dataset, "category": self.category, "threshold": self.threshold,
+            "pixel_threshold": self.pixel_threshold, "has_masks": self.has_masks, "metrics": self.metrics,
+            "per_kind": self.per_kind, "notes": self.notes, "versions": library_versions(),
+            "images": [r.__dict__ for r in self.records],
+        }
+
+
+def library_versions() -> dict[str, str]:
+    out = {"adexport": __version__, "python": platform.python_version()}
+    for dist in ("numpy", "onnxruntime", "onnxruntime-gpu", "faiss-cpu", "faiss-gpu-cu12", "scikit-learn", "scipy", "pillow"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _metric(fn: Callable[..., Any], *args: Any, notes: list[str], name: str) -> Any:
+    try:
+        return fn(*args)
+    except metrics.MetricUndefined as exc:
+        notes.append(f"{name}: n/a ({exc})")
+        return None
+
+
+def _pixel_block(masks: np.ndarray, maps: np.ndarray, notes: list[str], prefix: str) -> dict[str, Any]:
+    return {
+        "pixel_auroc": _metric(metrics.pixel_auroc, masks, maps, notes=notes, name=f"{prefix}pixel AUROC"),
+        "aupro": _metric(metrics.aupro, masks, maps, notes=notes, name=f"{prefix}AUPRO"),
+    }
+
+
+def evaluate(
+    bundle: str | Path,
+    dataset: str | Path,
+    category: str | None = None,
+    *,
+    device: str = "cpu",
+    bank_device: str = "auto",
+    batch_size: int = 8,
+    threshold: float | None = None,
+    progress: Progress = SILENT,
+    predictor: Predictor | None = None,
+) -> Evaluation:
+    """Score ``test/`` of one category and compute every metric the data allows."""
+    split: CategorySplit = load_split(dataset, category, need_test=True)
+    pred = predictor or Predictor.load(bundle, device=device, bank_device=bank_device, threshold=threshold)
+    notes: list[str] = []
+    if not split.has_masks:
+        notes.append(f"pixel metrics skipped: {split.mask_note}")
+    records = [ImageRecord(str(s.path), s.defect, s.label) for s in split.test]
+    maps: list[np.ndarray] = []
+    masks: list[np.ndarray] = []
+    with progress.task(f"Scoring {len(records)} test images ({split.category})", len(records)) as advance:
+        results = pred.predict_files([s.path for s in split.test], batch_size=batch_size, keep_maps=True)
+        for sample, rec, res in zip(split.test, records, results):
+            advance(1)
+            if not res.ok:
+                rec.error = res.error
+                notes.append(f"not scored: {rec.path}: {res.error}")
+                continue
+            rec.score, rec.normalized, rec.predicted = res.image_score, res.normalized_score, res.label
+            assert res.anomaly_map is not None
+            maps.append(res.anomaly_map)
+            if split.has_masks:
+                if sample.mask_path is None:
+                    mask = np.zeros(res.anomaly_map.shape, bool)
+                else:
+                    try:
+                        mask = preprocess_mask(decode_mask(sample.mask_path), pred.preprocess)
+                    except ImageDecodeError as exc:
+                        raise ImageDecodeError(exc.path, f"ground-truth mask: {exc.reason}") from None
+                masks.append(mask)
+
+    ok = [r for r in records if r.error is None]
+    labels = np.array([r.label for r in ok], dtype=np.int64)
+    scores = np.array([r.score for r in ok], dtype=np.float64)
+    maps_arr = np.stack(maps) if maps else None
+    masks_arr = np.stack(masks) if masks else None
+
+    result: dict[str, Any] = {"n_images": len(ok), "n_failed": len(records) - len(ok)}
+    result["image_auroc"] = _metric(metrics.image_auroc, labels, scores, notes=notes, name="image AUROC")
+    f1 = _metric(metrics.f1_max, labels, scores, notes=notes, name="image F1-max")
+    result["image_f1_max"], result["image_f1_threshold"] = f1 if f1 else (None, None)
+    predicted = scores >= pred.image_threshold
+    tp = int((predicted & (labels == 1)).sum())
+    result["at_threshold"] = {
+        "threshold": pred.image_threshold,
+        "true_positive_rate": tp / max(1, int((labels == 1).sum())),
+        "false_positive_rate": int((predicted & (labels == 0)).sum()) / max(1, int((labels == 0).sum())),
+        "precision": tp / max(1, int(predicted.sum())),
+        "accuracy": float((predicted == (labels == 1)).mean()) if len(labels) else None,
+    }
+    if masks_arr is not None and maps_arr is not None:
+        result.update(_pixel_block(masks_arr, maps_arr, notes, ""))
+        pf1 = _metric(metrics.f1_max, masks_arr.ravel(), maps_arr.ravel(), notes=notes, name="pixel F1-max")
+        result["pixel_f1_max"], result["pixel_f1_threshold"] = pf1 if pf1 else (None, None)
+
+    per_kind: dict[str, dict[str, Any]] = {}
+    kinds = [GOOD] + [d for d in split.defect_types]
+    is_good = np.array([r.defect == GOOD for r in ok])
+    for kind in kinds:
+        sel = np.array([r.defect == kind for r in ok])
+        if not sel.any():
+            continue
+        entry: dict[str, Any] = {"n": int(sel.sum()), "mean_score": float(scores[sel].mean()),
+                                 "flagged_rate": float(predicted[sel].mean())}
+        if kind != GOOD:
+            both = sel | is_good
+            entry["image_auroc"] = _metric(metrics.image_auroc, labels[both], scores[both], notes=notes,
+                                           name=f"{kind}: image AUROC")
+            if masks_arr is not None and maps_arr is not None:
+                entry.update(_pixel_block(masks_arr[both], maps_arr[both], notes, f"{kind}: "))
+        per_kind[kind] = entry
+
+    manifest_sha = hashlib.sha256((pred.bundle_dir / MANIFEST).read_bytes()).hexdigest()
+    return Evaluation(
+        bundle=str(pred.bundle_dir), method=pred.method, category=split.category, dataset=str(split.root),
+        threshold=pred.image_threshold, pixel_threshold=pred.pixel_threshold, records=records, metrics=result,
+        per_kind=per_kind, notes=notes, manifest_sha256=manifest_sha, has_masks=split.has_masks,
+        maps=maps_arr, masks=masks_arr,
+    )

@@ -1,0 +1,105 @@
+"""``adx calibrate``: reset a bundle's thresholds from a validation split, atomically, with history.
+
+Two rules:
+
+- ``f1``: the image threshold (and, with masks, the pixel threshold) that maximises F1 on the
+  split's labelled images;
+- ``fpr``: the lowest threshold at which at most a fraction ``fpr`` of the split's good images
+  (good pixels, for the pixel threshold) is flagged.
+
+The split is the dataset's ``test/`` folder; keep a separate validation set in the same layout to
+leave the test set untouched. Only the manifest's ``calibration`` section changes (the manifest
+is not among the checksummed files), so the graph and bank stay verified.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adx_runtime import calibration, metrics
+from adx_runtime.bundle import MANIFEST, load_manifest, write_json_atomic
+from adx_runtime.errors import ConfigError
+from adx_runtime.evaluate import evaluate
+from adx_runtime.progress import SILENT, Progress
+
+MODES = ("f1", "fpr")
+
+
+def fpr_threshold(normal_scores: np.ndarray, fpr: float) -> float:
+    """Lowest threshold flagging at most ``floor(fpr * n)`` of ``n`` normal scores (score >= t)."""
+    s = np.sort(np.asarray(normal_scores, np.float64).ravel())[::-1]
+    allowed = int(np.floor(fpr * len(s) + 1e-9))
+    if allowed >= len(s):
+        return float(s[-1])
+    # Just above the first normal score that must not be flagged; ties above it stay unflagged too.
+    return float(np.nextafter(s[allowed], np.inf))
+
+
+def recalibrate(
+    bundle: str | Path,
+    dataset: str | Path,
+    category: str | None = None,
+    *,
+    mode: str = "f1",
+    fpr: float = 0.01,
+    device: str = "cpu",
+    batch_size: int = 8,
+    progress: Progress = SILENT,
+) -> dict[str, Any]:
+    """Compute new thresholds, rewrite the manifest atomically; returns the history entry."""
+    if mode not in MODES:
+        raise ConfigError(f"calibration mode {mode!r} is not known; valid: {', '.join(MODES)}")
+    if mode == "fpr" and not 0.0 <= fpr < 1.0:
+        raise ConfigError(f"--fpr must be in [0, 1), got {fpr}")
+    root = Path(bundle)
+    manifest = load_manifest(root)
+    ev = evaluate(root, dataset, category, device=device, bank_device="cpu", batch_size=batch_size, progress=progress)
+    ok = ev.scored
+    labels = np.array([r.label for r in ok])
+    scores = np.array([r.score for r in ok], np.float64)
+    if not (labels == 0).any():
+        raise ConfigError("the validation split has no good images; calibration needs test/good/")
+
+    cal = manifest["calibration"]
+    old_image, old_pixel = cal["image"]["threshold"], (cal.get("pixel") or {}).get("threshold")
+    if mode == "f1":
+        new_image = metrics.f1_max(labels, scores)[1]
+    else:
+        new_image = fpr_threshold(scores[labels == 0], fpr)
+    new_pixel = None
+    if ev.masks is not None and ev.maps is not None and cal.get("pixel"):
+        if mode == "f1":
+            new_pixel = metrics.f1_max(ev.masks.ravel(), ev.maps.ravel())[1]
+        else:
+            new_pixel = fpr_threshold(ev.maps[~ev.masks], fpr)
+
+    cal["image"]["threshold"] = float(new_image)
+    cal["image"]["scale"] = calibration.scale_for(new_image, cal["image"]["stats"])
+    rule = f"F1-optimal on {len(ok)} images of {ev.dataset}" if mode == "f1" else \
+        f"false-positive rate <= {fpr:g} on {int((labels == 0).sum())} good images of {ev.dataset}"
+    cal["image"]["rule"] = rule
+    if new_pixel is not None:
+        cal["pixel"]["threshold"] = float(new_pixel)
+        cal["pixel"]["scale"] = calibration.scale_for(
+            new_pixel, {"median": cal["pixel"].get("normal_pixel_median", cal["pixel"]["stats"]["median"]),
+                        "std": cal["pixel"]["stats"]["std"]})
+        cal["pixel"]["rule"] = rule.replace("images", "images' pixels")
+    predicted = scores >= new_image
+    entry = {
+        "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "action": "calibrate", "mode": mode, **({"fpr": fpr} if mode == "fpr" else {}),
+        "dataset": ev.dataset, "category": ev.category, "n_images": len(ok),
+        "image_threshold": {"old": old_image, "new": float(new_image)},
+        "pixel_threshold": {"old": old_pixel, "new": new_pixel} if new_pixel is not None else None,
+        "at_new_threshold": {
+            "false_positive_rate": float(predicted[labels == 0].mean()),
+            "true_positive_rate": float(predicted[labels == 1].mean()) if (labels == 1).any() else None,
+        },
+    }
+    cal.setdefault("history", []).append(entry)
+    write_json_atomic(root / MANIFEST, manifest)
+    return entry
