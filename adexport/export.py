@@ -66,8 +66,18 @@ def export_onnx(fitted: FittedMethod, path: Path, opset: int = DEFAULT_OPSET) ->
             dynamic_axes={INPUT_NAME: {0: "batch"}, **fitted.output_axes()}, opset_version=opset,
             do_constant_folding=True, dynamo=False,
         )
+    # The exporter loses static sizes through transposes and matmuls ("Transpose..._dim_1"); pin every
+    # non-batch output dimension to what the traced graph produced, for readers and TensorRT alike.
+    with torch.no_grad():
+        traced = graph(dummy)
+    traced = (traced,) if isinstance(traced, torch.Tensor) else tuple(traced)
     model = onnx.load(str(path))
+    for value, tensor in zip(model.graph.output, traced):
+        for dim, size in zip(list(value.type.tensor_type.shape.dim)[1:], tensor.shape[1:]):
+            dim.Clear()
+            dim.dim_value = int(size)
     onnx.checker.check_model(model)
+    onnx.save(model, str(path))
 
     def describe(values: Any) -> list[dict[str, Any]]:
         out = []
