@@ -1,0 +1,74 @@
+"""Shared fixtures: a small generated dataset, a tiny PatchCore fitted on it, and its bundles.
+
+Everything is seeded, 64 px, with timm's ``test_efficientnet`` (82k parameters, random weights),
+so the whole suite runs in about a minute on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# timm must never reach for the network in tests (it would hang where there is none).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+CATEGORY = "weave"
+TINY = {"backbone": "test_efficientnet", "weights": "random", "image_size": 64}
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from adx_runtime.synthetic import generate_demo_dataset
+
+    root = tmp_path_factory.mktemp("data")
+    generate_demo_dataset(root, [CATEGORY], n_train=16, n_test_good=4, n_test_per_defect=2, image_size=64, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def fitted(dataset: Path):
+    from adexport.train import train
+
+    return train(dataset, CATEGORY, "patchcore", options=TINY, holdout=0.25)
+
+
+@pytest.fixture(scope="session")
+def model_dir(fitted, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from adexport.fitted import save_fitted
+
+    return save_fitted(fitted, tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def bundle(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A FAISS-bank bundle, exported from the saved folder (so save/load is on the path)."""
+    from adexport.export import export_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "faiss"
+    export_bundle(model_dir, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def npz_bundle(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from adexport.export import export_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "npz"
+    export_bundle(model_dir, out, bank="npz")
+    return out
+
+
+@pytest.fixture
+def bundle_copy(bundle: Path, tmp_path: Path) -> Path:
+    """A private copy of the bundle that a test may tamper with."""
+    import shutil
+
+    dst = tmp_path / "bundle"
+    shutil.copytree(bundle, dst)
+    return dst
+
+
+def list_test_images(dataset: Path) -> list[Path]:
+    return sorted((dataset / CATEGORY / "test").glob("*/*.png"))

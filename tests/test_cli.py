@@ -1,0 +1,86 @@
+"""The adx CLI: commands call the library, print results, and fail with a message, not a traceback."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from adx_cli.app import EXIT_SOME_FAILED, app, expand_inputs
+from adx_runtime.errors import ConfigError
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.mark.parametrize("command", ["demo-data", "train", "export", "infer", "eval", "demo", "calibrate", "bench", "bench-fit"])
+def test_every_command_has_help(command: str) -> None:
+    result = invoke(command, "--help")
+    assert result.exit_code == 0 and "Usage" in result.output and len(result.output) > 300
+
+
+def test_demo_data_writes_the_layout(tmp_path: Path) -> None:
+    result = invoke("demo-data", tmp_path, "--categories", "weave", "--n-train", 3, "--n-test-good", 1,
+                    "--n-test-defect", 1, "--image-size", 48, "-q")
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "weave" / "train" / "good").glob("*.png"))) == 3
+    assert "train/good 3" in result.output
+
+
+def test_train_export_infer(dataset: Path, tmp_path: Path) -> None:
+    model, bundle = tmp_path / "model", tmp_path / "bundle"
+    r = invoke("train", dataset, "-c", "weave", "--out", model, "--backbone", "test_efficientnet", "--weights", "random",
+               "--image-size", 64, "--coreset-ratio", 0.2, "--k", 2, "--layers", "blocks.2,blocks.3", "-q")
+    assert r.exit_code == 0, r.output
+    assert "fit time" in r.output and "image threshold" in r.output
+    meta = json.loads((model / "model.json").read_text())
+    assert meta["config"]["coreset_ratio"] == 0.2 and meta["config"]["num_neighbors"] == 2
+    assert meta["config"]["layers"] == ["blocks.2", "blocks.3"]
+
+    r = invoke("export", model, "--out", bundle, "--bank", "npz", "-q")
+    assert r.exit_code == 0, r.output
+    assert "parity on 8 images" in r.output and (bundle / "memory_bank.npz").is_file()
+
+    folder = dataset / "weave" / "test" / "good"
+    out = tmp_path / "scores.csv"
+    r = invoke("infer", bundle, folder, "--format", "csv", "-o", out, "--threshold", 1e9, "-q")
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert len(rows) == 4 and {row["label"] for row in rows} == {"normal"}  # nothing reaches 1e9
+    assert all(float(row["normalized_score"]) < 0.5 for row in rows)
+
+
+def test_infer_reports_bad_files_and_exits_3(bundle: Path, dataset: Path, tmp_path: Path) -> None:
+    good = sorted((dataset / "weave" / "test" / "good").glob("*.png"))[:2]
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    r = invoke("infer", bundle, *good, tmp_path / "bad.png")
+    assert r.exit_code == EXIT_SOME_FAILED
+    lines = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert [("error" in line) for line in lines] == [False, False, True]
+    assert "scored 2 of 3 images" in r.stderr and "1 failed" in r.stderr
+
+
+def test_errors_print_a_message_not_a_traceback(tmp_path: Path) -> None:
+    r = invoke("infer", tmp_path, "x.png")
+    assert r.exit_code == 1
+    assert "error:" in r.stderr and "Traceback" not in r.stderr + r.stdout
+    r = invoke("train", tmp_path / "missing", "--out", tmp_path / "m", "-q")
+    assert r.exit_code == 1 and "does not exist" in r.stderr
+    r = invoke("train", tmp_path, "--out", tmp_path / "m", "--method", "cflow", "-q")
+    assert r.exit_code == 1 and "method 'cflow' is not known; valid: patchcore" in r.stderr
+
+
+def test_expand_inputs_files_folders_globs(dataset: Path) -> None:
+    test = dataset / "weave" / "test"
+    assert len(expand_inputs([str(test / "good")])) == 4
+    assert len(expand_inputs([str(test)], recursive=True)) == len(list(test.glob("*/*.png")))
+    assert len(expand_inputs([str(test / "*" / "000.png")])) == len(list(test.iterdir()))
+    with pytest.raises(ConfigError, match="matches no files"):
+        expand_inputs([str(test / "*.gif")])
