@@ -7,7 +7,10 @@ import re
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,8 +53,13 @@ def test_importing_the_runtime_and_cli_loads_no_torch() -> None:
     assert out.strip() == "[]"
 
 
-def test_installed_import_names_are_not_generic() -> None:
-    from importlib import metadata
-
-    top = {f.parts[0] for f in metadata.distribution("adexport").files or [] if f.suffix == ".py" or len(f.parts) > 1}
-    assert not top & {"cli", "deploy", "tests"}
+def test_the_wheel_installs_only_adexport_adx_runtime_and_adx_cli(tmp_path: Path) -> None:
+    """What lands in site-packages: real package names, never the folders cli/ or deploy/."""
+    pytest.importorskip("setuptools")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(ROOT)], check=True, capture_output=True)
+    wheel = next(tmp_path.glob("adexport-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")} == {
+        "adexport", "adx_runtime", "adx_cli"}
+    assert "adx_runtime/scorers/patchcore.py" in names and "adx_cli/app.py" in names
