@@ -170,7 +170,7 @@ def _no_weights_error(name: str, reason: str) -> ConfigError:
 
 
 def create_backbone(name: str = DEFAULT_BACKBONE, layers: Sequence[int | str] = (2, 3),
-                    weights: str = "auto") -> FeatureExtractor:
+                    weights: str = "auto", seed: int = 0) -> FeatureExtractor:
     """Build a feature extractor in eval mode.
 
     Args:
@@ -178,6 +178,7 @@ def create_backbone(name: str = DEFAULT_BACKBONE, layers: Sequence[int | str] = 
         layers: feature stages by index or module name.
         weights: ``auto`` (offline package, else timm's cache), ``offline``, ``timm``, ``random``,
             or a path to a weights file.
+        seed: seeds the random initialisation, so ``weights="random"`` is reproducible.
     """
     timm = _timm()
     offline = OFFLINE_WEIGHTS.get(name)
@@ -206,7 +207,9 @@ def create_backbone(name: str = DEFAULT_BACKBONE, layers: Sequence[int | str] = 
     probe = timm.create_model(arch, features_only=True, pretrained=False)
     out_indices = resolve_layers(probe, layers)
     try:
-        model = timm.create_model(arch, features_only=True, out_indices=out_indices, pretrained=use_timm_pretrained)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = timm.create_model(arch, features_only=True, out_indices=out_indices, pretrained=use_timm_pretrained)
     except Exception as exc:  # network refused, not cached, no pretrained tag
         raise _no_weights_error(name, f"timm could not load them: {type(exc).__name__}: {str(exc)[:200]}") from None
     if use_timm_pretrained:

