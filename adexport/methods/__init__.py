@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from adexport.methods import patchcore
+from adexport.methods import padim, patchcore, spade
 from adexport.methods.base import FittedMethod
 from adx_runtime.errors import ConfigError
 
@@ -23,6 +23,14 @@ METHODS: dict[str, MethodEntry] = {
     "patchcore": MethodEntry(
         "patchcore", "PatchCore: coreset memory bank of locally aware patch features, kNN scoring",
         patchcore.PatchCoreConfig, patchcore.fit, patchcore.FittedPatchCore,
+    ),
+    "padim": MethodEntry(
+        "padim", "PaDiM: per-position Gaussians of a random channel subset, Mahalanobis distance",
+        padim.PadimConfig, padim.fit, padim.FittedPadim,
+    ),
+    "spade": MethodEntry(
+        "spade", "SPADE: kNN over training images, then pixel correspondences within the k nearest",
+        spade.SpadeConfig, spade.fit, spade.FittedSpade,
     ),
 }
 

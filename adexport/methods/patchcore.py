@@ -197,7 +197,7 @@ def fit(config: PatchCoreConfig, samples: Sequence[Sample], *, device: str = "cp
         progress: Progress = SILENT) -> FittedPatchCore:
     """Fit PatchCore on normal images: features -> coreset -> memory bank."""
     t0 = time.perf_counter()
-    extractor = create_backbone(config.backbone, config.layers, config.weights)
+    extractor = create_backbone(config.backbone, config.layers, config.weights, seed=config.seed)
     info = extractor.info
     preprocess = PreprocessConfig.square(config.image_size, interpolation=config.interpolation,
                                          mean=info.mean, std=info.std)

@@ -37,9 +37,23 @@ def _patchcore(bundle_dir: Path, manifest: dict[str, Any], bank_device: str) -> 
     return PatchCoreScorer(bundle_dir, manifest, bank_device)
 
 
+def _padim(bundle_dir: Path, manifest: dict[str, Any], bank_device: str) -> Scorer:
+    from adx_runtime.scorers.padim import PadimScorer
+
+    return PadimScorer(bundle_dir, manifest, bank_device)
+
+
+def _spade(bundle_dir: Path, manifest: dict[str, Any], bank_device: str) -> Scorer:
+    from adx_runtime.scorers.spade import SpadeScorer
+
+    return SpadeScorer(bundle_dir, manifest, bank_device)
+
+
 #: method name -> factory(bundle_dir, manifest, bank_device). The one table of runtime methods.
 SCORERS: dict[str, ScorerFactory] = {
     "patchcore": _patchcore,
+    "padim": _padim,
+    "spade": _spade,
 }
 
 

@@ -1,0 +1,199 @@
+"""SPADE (Cohen & Hoshen, "Sub-Image Anomaly Detection with Deep Pyramid Correspondences", 2020).
+
+Graph (exported): backbone -> the last selected stage, globally average-pooled: the image feature
+``(B, C)``; the other selected stages brought to one grid (average-pooled down or bilinearly up to
+stride ``map_stride``) and concatenated: the feature map ``(B, h*w, D)``.
+
+Fit: the gallery is every training image's feature and feature map. No training.
+
+Scoring: image level, the mean distance to the ``k`` nearest training image features (a FAISS
+index); pixel level, for every position the distance to the nearest feature at any position of
+those ``k`` images (the paper's deep pyramid correspondence), then upsampled and smoothed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adexport.backbones import DEFAULT_BACKBONE, BackboneInfo, FeatureExtractor, build_architecture, create_backbone
+from adexport.data import Skipped, image_batches
+from adexport.methods.base import FittedMethod, Reference, config_from_dict
+from adexport.methods.common import anomaly_map
+from adx_runtime.bundle import file_entry
+from adx_runtime.datasets import Sample
+from adx_runtime.errors import ConfigError
+from adx_runtime.knn import import_faiss
+from adx_runtime.preprocess import PreprocessConfig
+from adx_runtime.progress import SILENT, Progress
+
+STORE_DTYPES = ("float32", "float16")
+
+
+@dataclass
+class SpadeConfig:
+    backbone: str = DEFAULT_BACKBONE
+    weights: str = "auto"
+    layers: tuple[int | str, ...] = (1, 2, 3, 4)  # maps from all but the last; the last gives the image feature
+    image_size: int = 256
+    interpolation: str = "bilinear"
+    map_stride: int = 8  # resolution of the pixel-level feature map (32 x 32 at 256 px)
+    k: int = 50  # nearest training images (seed 001: k = 50), capped at the gallery size
+    blur_sigma: float = 4.0
+    store_dtype: str = "float32"  # precision of the stored training feature maps
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if len(self.layers) < 2:
+            raise ConfigError("SPADE needs at least two stages: feature-map stages, then the image-feature stage")
+        if self.k < 1:
+            raise ConfigError(f"k must be >= 1, got {self.k}")
+        if self.store_dtype not in STORE_DTYPES:
+            raise ConfigError(f"store_dtype must be one of {', '.join(STORE_DTYPES)}, got {self.store_dtype!r}")
+        if self.image_size < 32 or self.image_size % self.map_stride:
+            raise ConfigError(f"image_size ({self.image_size}) must be >= 32 and divisible by map_stride ({self.map_stride})")
+
+
+class SpadeGraph(nn.Module):
+    """``image (B, 3, H, W) -> (image_feature (B, C), feature_map (B, h * w, D))``."""
+
+    def __init__(self, extractor: FeatureExtractor, image_size: tuple[int, int], map_stride: int):
+        super().__init__()
+        self.extractor = extractor
+        self.grid = (image_size[0] // map_stride, image_size[1] // map_stride)
+        self.pool = [map_stride // s if s < map_stride else 1 for s in extractor.info.strides[:-1]]
+        if any(s < map_stride and map_stride % s for s in extractor.info.strides[:-1]):
+            raise ConfigError(f"map_stride {map_stride} must be a multiple of every finer stage's stride "
+                              f"{extractor.info.strides[:-1]}")
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        *maps, last = self.extractor(image)
+        image_feature = last.mean(dim=(2, 3))
+        resized = []
+        for f, k in zip(maps, self.pool):
+            if k > 1:
+                f = F.avg_pool2d(f, kernel_size=k)
+            elif tuple(f.shape[-2:]) != self.grid:
+                f = F.interpolate(f, size=self.grid, mode="bilinear", align_corners=False)
+            resized.append(f)
+        return image_feature, torch.cat(resized, dim=1).flatten(2).transpose(1, 2)
+
+
+class FittedSpade(FittedMethod):
+    name = "spade"
+    output_names = ("image_feature", "feature_map")
+
+    def __init__(self, config: SpadeConfig, preprocess: PreprocessConfig, graph: SpadeGraph,
+                 image_features: torch.Tensor, feature_maps: torch.Tensor):
+        super().__init__(config, preprocess, graph.extractor.info)
+        self._graph = graph.eval()
+        self.image_features = image_features  # (N, C)
+        self.feature_maps = feature_maps  # (N, h*w, D)
+
+    @property
+    def k(self) -> int:
+        return min(self.config.k, len(self.image_features))
+
+    def graph(self) -> nn.Module:
+        return self._graph
+
+    @torch.no_grad()
+    def reference(self, x: torch.Tensor, *, exact: bool = True) -> Reference:
+        image_feature, fmap = self._graph(x)
+        dtype = torch.float64 if exact else torch.float32
+        d_img = torch.cdist(image_feature.to(dtype), self.image_features.to(dtype))  # (B, N)
+        top, ids = torch.topk(d_img, self.k, dim=1, largest=False)
+        image_scores = top.mean(dim=1).float()
+        pixel = []
+        for b in range(len(x)):
+            gallery = self.feature_maps[ids[b]].reshape(-1, fmap.shape[-1]).to(dtype)  # (k * h*w, D)
+            pixel.append(torch.cdist(fmap[b].to(dtype), gallery).min(dim=1).values.float())
+        patch = torch.stack(pixel).view(len(x), *self._graph.grid)
+        maps = anomaly_map(patch, self.preprocess.input_size, self.config.blur_sigma)
+        return Reference({"image_feature": image_feature, "feature_map": fmap}, image_scores, maps)
+
+    def write_scoring_data(self, bundle_dir: Path, **_: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        faiss = import_faiss()
+        feats = np.ascontiguousarray(self.image_features.numpy(), dtype=np.float32)
+        N, C = feats.shape
+        index = faiss.IndexFlatL2(C)
+        index.add(feats)
+        faiss.write_index(index, str(bundle_dir / "gallery_images.faiss"))
+        dtype = np.dtype(self.config.store_dtype)
+        maps = self.feature_maps.numpy().astype(dtype)
+        np.savez(bundle_dir / "gallery_maps.npz", feature_maps=maps)
+        files = [
+            file_entry(bundle_dir, "gallery_images.faiss", "faiss-index", shape=[N, C], dtype="float32"),
+            file_entry(bundle_dir, "gallery_maps.npz", "npz",
+                       arrays={"feature_maps": {"shape": list(maps.shape), "dtype": dtype.name}}),
+        ]
+        scoring = {
+            "image_output": "image_feature",
+            "map_output": "feature_map",
+            "patch_grid": list(self._graph.grid),
+            "blur_sigma": self.config.blur_sigma,
+            "k": self.k,
+            "image_score": "mean distance to the k nearest training images",
+            "gallery": {"images_file": "gallery_images.faiss", "maps_file": "gallery_maps.npz", "images": N,
+                        "image_dim": C, "map_dim": int(maps.shape[-1]), "dtype": dtype.name,
+                        "bytes_per_image": int(maps[0].nbytes + C * 4)},
+        }
+        return scoring, files
+
+    @property
+    def exact_scoring(self) -> bool:
+        return self.config.store_dtype == "float32"
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        state = {f"graph.{k}": v for k, v in self._graph.state_dict().items()}
+        state.update(image_features=self.image_features, feature_maps=self.feature_maps)
+        return state
+
+    @classmethod
+    def from_saved(cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> "FittedSpade":
+        config = config_from_dict(SpadeConfig, meta["config"])
+        preprocess = PreprocessConfig.from_dict(meta["preprocess"])
+        extractor = build_architecture(BackboneInfo.from_dict(meta["backbone"]))
+        graph = SpadeGraph(extractor, preprocess.input_size, config.map_stride)
+        graph.load_state_dict({k[len("graph."):]: v for k, v in tensors.items() if k.startswith("graph.")})
+        return cls(config, preprocess, graph, tensors["image_features"], tensors["feature_maps"])
+
+
+@torch.no_grad()
+def fit(config: SpadeConfig, samples: Sequence[Sample], *, device: str = "cpu", batch_size: int = 8,
+        progress: Progress = SILENT) -> FittedSpade:
+    """Collect the gallery: image features and feature maps of the normal images."""
+    t0 = time.perf_counter()
+    extractor = create_backbone(config.backbone, config.layers, config.weights, seed=config.seed)
+    info = extractor.info
+    preprocess = PreprocessConfig.square(config.image_size, interpolation=config.interpolation,
+                                         mean=info.mean, std=info.std)
+    graph = SpadeGraph(extractor, preprocess.input_size, config.map_stride).eval()
+    t1 = time.perf_counter()
+    model = graph.to(device)
+    skipped = Skipped()
+    feats, maps = [], []
+    for x in image_batches([s.path for s in samples], preprocess, batch_size, progress=progress, skipped=skipped):
+        f, m = model(x.to(device))
+        feats.append(f.cpu())
+        maps.append(m.cpu())
+    graph.cpu()
+    if not feats:
+        raise ConfigError("none of the training images could be decoded; see the messages above")
+    fitted = FittedSpade(config, preprocess, graph, torch.cat(feats), torch.cat(maps))
+    t2 = time.perf_counter()
+    N, HW, D = fitted.feature_maps.shape
+    fitted.report.phases.update({"backbone_setup": t1 - t0, "feature_extraction": t2 - t1})
+    fitted.report.sizes.update({"fit_images": N, "skipped_images": len(skipped.files), "k": fitted.k,
+                                "map_positions": HW, "map_dim": D, "image_dim": fitted.image_features.shape[1],
+                                "gallery_bytes": N * (HW * D * np.dtype(config.store_dtype).itemsize
+                                                      + fitted.image_features.shape[1] * 4)})
+    fitted.report.skipped = list(skipped.files)
+    return fitted

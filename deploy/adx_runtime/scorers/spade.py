@@ -1,0 +1,57 @@
+"""SPADE scoring (Cohen & Hoshen 2020).
+
+Image score: mean distance to the ``k`` nearest training image features (FAISS). Pixel level: for
+each position, the distance to the nearest feature at any position of those ``k`` images, computed
+image by image as ``min_j ||q - g_j||`` with ``||q||^2 - 2 q.g + ||g||^2`` (gallery norms
+precomputed at load).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adx_runtime.errors import BundleError
+from adx_runtime.knn import load_bank, squared_to_distance
+from adx_runtime.scorers import ScoreOutput
+
+
+class SpadeScorer:
+    def __init__(self, bundle_dir: Path, manifest: dict[str, Any], bank_device: str):
+        s = manifest["scoring"]
+        try:
+            self.image_output, self.map_output = s["image_output"], s["map_output"]
+            self.grid = tuple(s["patch_grid"])
+            self.k = int(s["k"])
+            g = s["gallery"]
+            self.images = load_bank(Path(bundle_dir) / g["images_file"], "faiss", bank_device)
+            with np.load(Path(bundle_dir) / g["maps_file"], allow_pickle=False) as data:
+                self.maps = np.ascontiguousarray(data["feature_maps"], dtype=np.float32)  # (N, h*w, D)
+        except KeyError as exc:
+            raise BundleError(f"SPADE bundle lacks {exc.args[0]!r} in its scoring data; re-export it") from None
+        if self.maps.shape[0] != self.images.size or self.maps.shape[1] != self.grid[0] * self.grid[1]:
+            raise BundleError(f"SPADE gallery does not fit together: {self.images.size} image features, maps "
+                              f"{self.maps.shape}, grid {self.grid}")
+        self.map_norms = np.einsum("nqd,nqd->nq", self.maps, self.maps)  # (N, h*w)
+        self.backend = f"{self.images.backend} + numpy"
+
+    def pixel_distances(self, fmap: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
+        """``fmap (h*w, D)`` of one image, ``neighbours (k,)`` gallery ids -> ``(h*w,)`` distances."""
+        q = np.ascontiguousarray(fmap, dtype=np.float32)
+        qn = np.einsum("qd,qd->q", q, q)
+        best = np.full(len(q), np.inf, np.float32)
+        for j in neighbours:
+            d2 = q @ self.maps[j].T  # (h*w, h*w)
+            d2 *= -2.0
+            d2 += self.map_norms[j][None, :]
+            np.minimum(best, d2.min(axis=1), out=best)
+        best += qn
+        return squared_to_distance(best)
+
+    def __call__(self, outputs: dict[str, np.ndarray]) -> ScoreOutput:
+        img, fmap = outputs[self.image_output], outputs[self.map_output]
+        dist, ids = self.images.search(img, self.k)
+        patch = np.stack([self.pixel_distances(fmap[b], ids[b]) for b in range(len(img))])
+        return ScoreOutput(patch.reshape(len(img), *self.grid), dist.mean(axis=1).astype(np.float32))
