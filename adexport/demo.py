@@ -39,7 +39,7 @@ def run_demo(
     seed: int = 0,
     progress: Progress = SILENT,
 ) -> list[DemoResult]:
-    """Run the demo into ``out``: ``data/``, ``models/``, ``bundles/``, ``heatmaps/``."""
+    """Run the demo into ``out``: ``data/``, then ``models/``, ``bundles/``, ``heatmaps/`` per method."""
     out = Path(out)
     cats = list(categories) if categories else list(DEMO_CATEGORIES)
     data = out / "data"
@@ -53,12 +53,12 @@ def run_demo(
         t0 = time.perf_counter()
         fitted = train(data, cat, method, options=options, progress=progress)
         fit_seconds = time.perf_counter() - t0
-        model_dir = save_fitted(fitted, out / "models" / cat, overwrite=True)
-        bundle = out / "bundles" / cat
+        model_dir = save_fitted(fitted, out / "models" / method / cat, overwrite=True)
+        bundle = out / "bundles" / method / cat
         manifest = export_bundle(model_dir, bundle, overwrite=True, progress=progress)
         predictor = Predictor.load(bundle)
         evaluation = evaluate(bundle, data, cat, progress=progress, predictor=predictor)
-        heatmaps = out / "heatmaps" / cat
+        heatmaps = out / "heatmaps" / method / cat
         assert evaluation.maps is not None
         for rec, raw_map in zip(evaluation.scored, evaluation.maps):
             name = f"{rec.defect}_{Path(rec.path).stem}_heatmap.png"

@@ -128,21 +128,28 @@ def demo_data(
 
 
 # ---------------------------------------------------------------------------------------- train
+#: What --k sets in each method's config.
+K_OPTION = {"patchcore": "num_neighbors", "spade": "k"}
+
 @app.command()
 @handle_errors
 def train(
     dataset: Annotated[Path, typer.Argument(help="Dataset root in the MVTec AD layout, or one category folder.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the fitted model (created).")],
     category: Annotated[Optional[str], typer.Option("--category", "-c", help="Category folder inside DATASET.")] = None,
-    method: Annotated[str, typer.Option("--method", "-m", help="Method: patchcore.")] = "patchcore",
+    method: Annotated[str, typer.Option("--method", "-m", help="Method: patchcore | padim | spade.")] = "patchcore",
     backbone: Annotated[Optional[str], typer.Option(help="timm backbone [default: efficientnet_lite0, offline weights].")] = None,
     weights: Annotated[Optional[str], typer.Option(help="auto | offline | timm | random | path to .safetensors/.pth.")] = None,
     layers: Annotated[Optional[str], typer.Option(help="Feature stages by index or name, e.g. 2,3 or layer2,layer3.")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Square input size after resize [default: 256].")] = None,
     coreset_ratio: Annotated[Optional[float], typer.Option(help="PatchCore: coreset size / training patches [default: 0.1].")] = None,
-    k: Annotated[Optional[int], typer.Option("--k", help="PatchCore: neighbours b of the image-score reweighting [default: 3].")] = None,
+    k: Annotated[Optional[int], typer.Option("--k", help="PatchCore: neighbours b of the image-score reweighting [default: 3]; SPADE: nearest training images [default: 50].")] = None,
     target_dim: Annotated[Optional[int], typer.Option(help="PatchCore: patch feature size [default: stages' channels].")] = None,
     projection_dim: Annotated[Optional[int], typer.Option(help="PatchCore: random projection size for the coreset [default: 128].")] = None,
+    n_features: Annotated[Optional[int], typer.Option(help="PaDiM: random channel subset d [default: 100].")] = None,
+    epsilon: Annotated[Optional[float], typer.Option(help="PaDiM: covariance regularisation [default: 0.01].")] = None,
+    map_stride: Annotated[Optional[int], typer.Option(help="SPADE: stride of the pixel-level feature map [default: 8].")] = None,
+    store_dtype: Annotated[Optional[str], typer.Option(help="PaDiM/SPADE: float32 | float16 for the stored statistics/gallery.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for the holdout split and coreset [default: 0].")] = None,
     holdout: Annotated[float, typer.Option(help="Fraction of train/good kept out of the fit to calibrate thresholds.")] = 0.2,
     device: Annotated[str, typer.Option(help="Torch device: auto | cpu | cuda.")] = "auto",
@@ -155,8 +162,9 @@ def train(
     from adexport.train import train as run_train  # noqa: PLC0415
 
     options = {"backbone": backbone, "weights": weights, "layers": _parse_layers(layers), "image_size": image_size,
-               "coreset_ratio": coreset_ratio, "num_neighbors": k, "target_dim": target_dim,
-               "projection_dim": projection_dim, "seed": seed}
+               "coreset_ratio": coreset_ratio, K_OPTION.get(method, "k"): k, "target_dim": target_dim,
+               "projection_dim": projection_dim, "n_features": n_features, "epsilon": epsilon,
+               "map_stride": map_stride, "store_dtype": store_dtype, "seed": seed}
     t0 = time.perf_counter()
     fitted = run_train(dataset, category, method, options=options, holdout=holdout, device=device,
                        batch_size=batch_size, progress=_progress(quiet))
@@ -168,6 +176,7 @@ def train(
     typer.echo("fit time {:.2f} s ({})".format(fit_seconds, ", ".join(f"{k} {v:.2f} s" for k, v in r.phases.items())))
     for f, reason in r.skipped:
         typer.secho(f"skipped {f}: {reason}", fg=typer.colors.YELLOW, err=True)
+    typer.echo("sizes: " + ", ".join(f"{k} {v}" for k, v in r.sizes.items()))
     cal = fitted.calibration["image"]
     typer.echo(f"image threshold {cal['threshold']:.4g} ({cal['rule']})")
     typer.echo(f"wrote {out}")
@@ -449,7 +458,9 @@ def bench_fit_cmd(
     backbone: Annotated[Optional[str], typer.Option(help="timm backbone [default: efficientnet_lite0].")] = None,
     weights: Annotated[Optional[str], typer.Option(help="auto | offline | timm | random | file.")] = None,
     coreset_ratio: Annotated[Optional[float], typer.Option(help="PatchCore coreset ratio [default: 0.1].")] = None,
-    bank: Annotated[str, typer.Option(help="faiss | npz.")] = "faiss",
+    n_features: Annotated[Optional[int], typer.Option(help="PaDiM channel subset d [default: 100].")] = None,
+    store_dtype: Annotated[Optional[str], typer.Option(help="PaDiM/SPADE: float32 | float16 store.")] = None,
+    bank: Annotated[str, typer.Option(help="PatchCore bank: faiss | npz.")] = "faiss",
     out: Annotated[Optional[Path], typer.Option(help="Keep data, model and bundle here (then run `adx bench OUT/bundle`).")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write every figure here.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
@@ -461,7 +472,8 @@ def bench_fit_cmd(
     from adexport.bench import bench_fit, format_fit_report  # noqa: PLC0415
 
     import_seconds = time.perf_counter() - t0
-    options = {"image_size": image_size, "backbone": backbone, "weights": weights, "coreset_ratio": coreset_ratio}
+    options = {"image_size": image_size, "backbone": backbone, "weights": weights, "coreset_ratio": coreset_ratio,
+               "n_features": n_features, "store_dtype": store_dtype}
     result = bench_fit(method=method, options=options, n_train=n_train, data_size=data_size, out=out, bank=bank,
                        import_seconds=import_seconds, progress=_progress(quiet))
     typer.echo(format_fit_report(result))
@@ -476,6 +488,7 @@ def bench_fit_cmd(
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for data, models, bundles and heatmaps.")] = Path("demo_out"),
     categories: Annotated[Optional[str], typer.Option(help="Comma-separated demo categories; default: all.")] = None,
+    method: Annotated[str, typer.Option("--method", "-m", help="patchcore | padim | spade.")] = "patchcore",
     n_train: Annotated[int, typer.Option(help="Normal training images per category.")] = 60,
     image_size: Annotated[int, typer.Option(help="Side of the generated images.")] = 160,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
@@ -484,7 +497,7 @@ def demo(
     from adexport.demo import run_demo  # noqa: PLC0415
 
     cats = [c.strip() for c in categories.split(",")] if categories else None
-    results = run_demo(out, cats, n_train=n_train, image_size=image_size, progress=_progress(quiet))
+    results = run_demo(out, cats, method=method, n_train=n_train, image_size=image_size, progress=_progress(quiet))
     typer.echo("")
     typer.echo(f"{'category':<10} {'fit s':>6} {'img AUROC':>10} {'pix AUROC':>10} {'AUPRO':>7}  heatmaps")
     for r in results:
