@@ -82,3 +82,22 @@ def test_cli_infer_runs_without_torch(bundle: Path, dataset: Path, torch_free_py
     np.testing.assert_allclose([r["image_score"] for r in rows], expected.image_scores, rtol=1e-5)
     assert [r["label"] for r in rows] == ["anomalous" if b else "normal" for b in expected.labels]
     assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == [f"{f.stem}_heatmap.png" for f in files]
+
+
+def test_bench_and_calibrate_run_without_torch(bundle: Path, dataset: Path, torch_free_python: Path,
+                                               tmp_path: Path) -> None:
+    import shutil
+
+    out = tmp_path / "bench.json"
+    proc = run(torch_free_python, "-m", "adx_cli", "bench", str(bundle), "--batch-sizes", "1,2", "--runs", "2",
+               "--warmup", "1", "--images", str(dataset / "weave" / "test" / "good"), "--json", str(out), "-q")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["torch_imported"] is False and [r["batch_size"] for r in result["results"]] == [1, 2]
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    proc = run(torch_free_python, "-m", "adx_cli", "calibrate", str(copy), str(dataset), "-c", "weave", "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert "image threshold" in proc.stdout
+    assert json.loads((copy / "manifest.json").read_text())["calibration"]["history"][-1]["mode"] == "f1"
