@@ -52,6 +52,15 @@ def default_images(predictor: Predictor, n: int = 16) -> tuple[list[Path], str]:
     return sorted((tmp / "weave" / "train" / "good").glob("*.png")), "generated demo images (160 px)"
 
 
+def scoring_data(manifest: dict[str, Any]) -> str:
+    """What the scorer reads, in words: e.g. ``memory_bank.faiss (Flat)`` or ``gaussian.npz (float16)``."""
+    s = manifest["scoring"]
+    detail = s.get("bank", {}).get("index_type") or s.get("gaussian", {}).get("dtype") or \
+        s.get("gallery", {}).get("dtype") or ""
+    files = [f["path"] for f in manifest["files"] if f["kind"] != "onnx-graph" and f["kind"] != "tensorrt-engine"]
+    return ", ".join(files) + (f" ({detail})" if detail else "")
+
+
 def _percentiles(values: Sequence[float]) -> dict[str, float]:
     v = np.asarray(values, np.float64) * 1000.0
     return {"p50": float(np.percentile(v, 50)), "p90": float(np.percentile(v, 90)), "p99": float(np.percentile(v, 99)),
@@ -119,7 +128,7 @@ def run_bench(
     return {
         "bundle": str(root),
         "method": predictor.method,
-        "bank": predictor.manifest["scoring"].get("bank", {}),
+        "scoring_data": scoring_data(predictor.manifest),
         "device": device,
         "providers": predictor.providers,
         "scoring_backend": predictor.scorer.backend,
@@ -148,8 +157,8 @@ def bench_in_subprocess(bundle: str | Path, args: list[str]) -> dict[str, Any]:
 
 def format_report(r: dict[str, Any]) -> str:
     lines = [
-        f"{r['bundle']}: {r['method']}, bank {r['bank'].get('format', '-')}/{r['bank'].get('index_type', '-')}, "
-        f"providers {', '.join(r['providers'])}, scoring on {r['scoring_backend']}",
+        f"{r['bundle']}: {r['method']}, {r['scoring_data']}, providers {', '.join(r['providers'])}, "
+        f"scoring on {r['scoring_backend']}",
         f"  bundle {r['bundle_mb']:.1f} MB on disk, loaded in {r['load_seconds']:.2f} s, peak RSS {r['peak_rss_mb']:.0f} MB, "
         f"torch imported: {'yes' if r['torch_imported'] else 'no'}; images: {r['images']}; {r['warmup']} warm-up + "
         f"{r['runs']} timed batches",
@@ -169,11 +178,11 @@ def format_comparison(a: dict[str, Any], b: dict[str, Any]) -> str:
     def ratio(x: float, y: float) -> str:
         return f"{y / x:.2f}x" if x else "-"
 
-    lines = [f"A: {a['bundle']} ({a['bank'].get('format')}/{a['bank'].get('index_type')}, {a['scoring_backend']})",
-             f"B: {b['bundle']} ({b['bank'].get('format')}/{b['bank'].get('index_type')}, {b['scoring_backend']})",
-             f"  {'':<24} {'A':>10} {'B':>10} {'B/A':>7}"]
+    lines = [f"A: {a['bundle']} ({a['scoring_data']}, {a['scoring_backend']})",
+             f"B: {b['bundle']} ({b['scoring_data']}, {b['scoring_backend']})",
+             f"  {'':<34} {'A':>10} {'B':>10} {'B/A':>7}"]
     for label, key in (("bundle MB", "bundle_mb"), ("peak RSS MB", "peak_rss_mb"), ("load s", "load_seconds")):
-        lines.append(f"  {label:<24} {a[key]:>10.2f} {b[key]:>10.2f} {ratio(a[key], b[key]):>7}")
+        lines.append(f"  {label:<34} {a[key]:>10.2f} {b[key]:>10.2f} {ratio(a[key], b[key]):>7}")
     for xa, xb in zip(a["results"], b["results"]):
         bs = xa["batch_size"]
         rows = [(f"batch {bs} img/s", xa["throughput_images_per_s"], xb["throughput_images_per_s"]),
@@ -181,5 +190,5 @@ def format_comparison(a: dict[str, Any], b: dict[str, Any]) -> str:
         rows += [(f"batch {bs} {STAGE_LABELS[s]} ms/img", xa["stage_ms_per_image"][s], xb["stage_ms_per_image"][s])
                  for s in STAGES]
         for label, va, vb in rows:
-            lines.append(f"  {label:<24} {va:>10.2f} {vb:>10.2f} {ratio(va, vb):>7}")
+            lines.append(f"  {label:<34} {va:>10.2f} {vb:>10.2f} {ratio(va, vb):>7}")
     return "\n".join(lines)
