@@ -15,15 +15,18 @@ import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
 import torch
 from torch import nn
 
-from adexport.backbones import BackboneInfo
+from adexport.backbones import BackboneInfo, FeatureExtractor, create_backbone
+from adexport.data import Skipped, image_batches
 from adexport.methods.common import FitReport
+from adx_runtime.datasets import Sample
 from adx_runtime.errors import ConfigError
 from adx_runtime.preprocess import PreprocessConfig
+from adx_runtime.progress import Progress
 
 
 @dataclass
@@ -76,6 +79,42 @@ class FittedMethod(ABC):
     def exact_scoring(self) -> bool:
         """Whether the runtime's scoring is exact (sets the default parity tolerance)."""
         return True
+
+
+def backbone_and_preprocess(config: Any) -> tuple[FeatureExtractor, PreprocessConfig]:
+    """The backbone a config names and the input contract that goes with its weights (mean/std)."""
+    extractor = create_backbone(config.backbone, config.layers, config.weights, seed=config.seed)
+    info = extractor.info
+    preprocess = PreprocessConfig.square(config.image_size, interpolation=config.interpolation,
+                                         mean=info.mean, std=info.std)
+    return extractor, preprocess
+
+
+@torch.no_grad()
+def run_graph(graph: nn.Module, samples: Sequence[Sample], preprocess: PreprocessConfig, *, batch_size: int,
+              device: str, progress: Progress) -> tuple[list[Any], Skipped]:
+    """The graph's outputs (on the CPU) for every decodable training image, batch by batch, and the
+    files that could not be decoded (reported, not fatal)."""
+    model = graph.to(device)
+    skipped = Skipped()
+    outputs: list[Any] = []
+    for x in image_batches([s.path for s in samples], preprocess, batch_size, progress=progress, skipped=skipped):
+        y = model(x.to(device))
+        outputs.append(tuple(t.cpu() for t in y) if isinstance(y, tuple) else y.cpu())
+    graph.cpu()
+    if not outputs:
+        raise ConfigError("none of the training images could be decoded; see the messages above")
+    return outputs, skipped
+
+
+def graph_tensors(graph: nn.Module) -> dict[str, torch.Tensor]:
+    """The graph's state, prefixed ``graph.`` for the fitted model's safetensors file."""
+    return {f"graph.{k}": v for k, v in graph.state_dict().items()}
+
+
+def load_graph_tensors(graph: nn.Module, tensors: dict[str, torch.Tensor]) -> nn.Module:
+    graph.load_state_dict({k[len("graph."):]: v for k, v in tensors.items() if k.startswith("graph.")})
+    return graph
 
 
 def make_config(config_cls: type, overrides: dict[str, Any]) -> Any:

@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adexport.backbones import DEFAULT_BACKBONE, BackboneInfo, FeatureExtractor, build_architecture, create_backbone
-from adexport.data import Skipped, image_batches
-from adexport.methods.base import FittedMethod, Reference, config_from_dict
+from adexport.backbones import DEFAULT_BACKBONE, BackboneInfo, FeatureExtractor, build_architecture
+from adexport.methods.base import (FittedMethod, Reference, backbone_and_preprocess, config_from_dict,
+                                   graph_tensors, load_graph_tensors, run_graph)
 from adexport.methods.common import anomaly_map
 from adx_runtime.bundle import file_entry
 from adx_runtime.datasets import Sample
@@ -156,9 +156,7 @@ class FittedPadim(FittedMethod):
         return self.config.store_dtype == "float32"
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        state = {f"graph.{k}": v for k, v in self._graph.state_dict().items()}
-        state.update(mean=self.mean, chol=self.chol)
-        return state
+        return {**graph_tensors(self._graph), "mean": self.mean, "chol": self.chol}
 
     @classmethod
     def from_saved(cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> "FittedPadim":
@@ -166,8 +164,7 @@ class FittedPadim(FittedMethod):
         preprocess = PreprocessConfig.from_dict(meta["preprocess"])
         extractor = build_architecture(BackboneInfo.from_dict(meta["backbone"]))
         graph = PadimGraph(extractor, preprocess.input_size, tensors["graph.channels"])
-        graph.load_state_dict({k[len("graph."):]: v for k, v in tensors.items() if k.startswith("graph.")})
-        return cls(config, preprocess, graph, tensors["mean"], tensors["chol"])
+        return cls(config, preprocess, load_graph_tensors(graph, tensors), tensors["mean"], tensors["chol"])
 
 
 @torch.no_grad()
@@ -175,21 +172,12 @@ def fit(config: PadimConfig, samples: Sequence[Sample], *, device: str = "cpu", 
         progress: Progress = SILENT) -> FittedPadim:
     """Fit per-position Gaussians on normal images."""
     t0 = time.perf_counter()
-    extractor = create_backbone(config.backbone, config.layers, config.weights, seed=config.seed)
-    info = extractor.info
-    preprocess = PreprocessConfig.square(config.image_size, interpolation=config.interpolation,
-                                         mean=info.mean, std=info.std)
-    channels = channel_subset(sum(info.channels), config.n_features, config.seed)
+    extractor, preprocess = backbone_and_preprocess(config)
+    channels = channel_subset(sum(extractor.info.channels), config.n_features, config.seed)
     graph = PadimGraph(extractor, preprocess.input_size, channels).eval()
     t1 = time.perf_counter()
-    model = graph.to(device)
-    skipped = Skipped()
-    chunks = [model(x.to(device)).cpu() for x in image_batches([s.path for s in samples], preprocess, batch_size,
-                                                                progress=progress, skipped=skipped)]
-    graph.cpu()
-    if not chunks:
-        raise ConfigError("none of the training images could be decoded; see the messages above")
-    embeddings = torch.cat(chunks)
+    outputs, skipped = run_graph(graph, samples, preprocess, batch_size=batch_size, device=device, progress=progress)
+    embeddings = torch.cat(outputs)
     t2 = time.perf_counter()
     with progress.task("Fitting per-position Gaussians", None):
         mean, chol = gaussian_fit(embeddings, config.epsilon)

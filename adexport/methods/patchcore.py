@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adexport.backbones import DEFAULT_BACKBONE, BackboneInfo, FeatureExtractor, build_architecture, create_backbone
+from adexport.backbones import DEFAULT_BACKBONE, BackboneInfo, FeatureExtractor, build_architecture
 from adexport.coreset import greedy_coreset
-from adexport.data import Skipped, image_batches
-from adexport.methods.base import FittedMethod, Reference, config_from_dict
+from adexport.methods.base import (FittedMethod, Reference, backbone_and_preprocess, config_from_dict,
+                                   graph_tensors, load_graph_tensors, run_graph)
 from adexport.methods.common import anomaly_map, channel_pool_matrix, nearest
 from adx_runtime.bundle import file_entry
 from adx_runtime.datasets import Sample
@@ -178,9 +178,7 @@ class FittedPatchCore(FittedMethod):
         return getattr(self, "_exact", True)
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        state = {f"graph.{k}": v for k, v in self._graph.state_dict().items()}
-        state["memory_bank"] = self.memory_bank
-        return state
+        return {**graph_tensors(self._graph), "memory_bank": self.memory_bank}
 
     @classmethod
     def from_saved(cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> "FittedPatchCore":
@@ -188,8 +186,7 @@ class FittedPatchCore(FittedMethod):
         preprocess = PreprocessConfig.from_dict(meta["preprocess"])
         extractor = build_architecture(BackboneInfo.from_dict(meta["backbone"]))
         graph = PatchCoreGraph(extractor, preprocess.input_size, tensors.get("graph.projection"))
-        graph.load_state_dict({k[len("graph."):]: v for k, v in tensors.items() if k.startswith("graph.")})
-        return cls(config, preprocess, graph, tensors["memory_bank"])
+        return cls(config, preprocess, load_graph_tensors(graph, tensors), tensors["memory_bank"])
 
 
 @torch.no_grad()
@@ -197,23 +194,12 @@ def fit(config: PatchCoreConfig, samples: Sequence[Sample], *, device: str = "cp
         progress: Progress = SILENT) -> FittedPatchCore:
     """Fit PatchCore on normal images: features -> coreset -> memory bank."""
     t0 = time.perf_counter()
-    extractor = create_backbone(config.backbone, config.layers, config.weights, seed=config.seed)
-    info = extractor.info
-    preprocess = PreprocessConfig.square(config.image_size, interpolation=config.interpolation,
-                                         mean=info.mean, std=info.std)
-    projection = projection_matrix(list(info.channels), config.target_dim)
+    extractor, preprocess = backbone_and_preprocess(config)
+    projection = projection_matrix(list(extractor.info.channels), config.target_dim)
     graph = PatchCoreGraph(extractor, preprocess.input_size, projection).eval()
     t1 = time.perf_counter()
-
-    model = graph.to(device)
-    skipped = Skipped()
-    chunks = [model(x.to(device)).reshape(-1, model.feature_dim).cpu().numpy()
-              for x in image_batches([s.path for s in samples], preprocess, batch_size,
-                                     progress=progress, skipped=skipped)]
-    if not chunks:
-        raise ConfigError("none of the training images could be decoded; see the messages above")
-    features = np.concatenate(chunks)
-    graph.cpu()
+    outputs, skipped = run_graph(graph, samples, preprocess, batch_size=batch_size, device=device, progress=progress)
+    features = np.concatenate([o.reshape(-1, graph.feature_dim).numpy() for o in outputs])
     t2 = time.perf_counter()
 
     n_select = max(1, int(round(config.coreset_ratio * len(features))))

@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adexport.backbones import DEFAULT_BACKBONE, BackboneInfo, FeatureExtractor, build_architecture, create_backbone
-from adexport.data import Skipped, image_batches
-from adexport.methods.base import FittedMethod, Reference, config_from_dict
+from adexport.backbones import DEFAULT_BACKBONE, BackboneInfo, FeatureExtractor, build_architecture
+from adexport.methods.base import (FittedMethod, Reference, backbone_and_preprocess, config_from_dict,
+                                   graph_tensors, load_graph_tensors, run_graph)
 from adexport.methods.common import anomaly_map
 from adx_runtime.bundle import file_entry
 from adx_runtime.datasets import Sample
@@ -152,9 +152,7 @@ class FittedSpade(FittedMethod):
         return self.config.store_dtype == "float32"
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        state = {f"graph.{k}": v for k, v in self._graph.state_dict().items()}
-        state.update(image_features=self.image_features, feature_maps=self.feature_maps)
-        return state
+        return {**graph_tensors(self._graph), "image_features": self.image_features, "feature_maps": self.feature_maps}
 
     @classmethod
     def from_saved(cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> "FittedSpade":
@@ -162,8 +160,8 @@ class FittedSpade(FittedMethod):
         preprocess = PreprocessConfig.from_dict(meta["preprocess"])
         extractor = build_architecture(BackboneInfo.from_dict(meta["backbone"]))
         graph = SpadeGraph(extractor, preprocess.input_size, config.map_stride)
-        graph.load_state_dict({k[len("graph."):]: v for k, v in tensors.items() if k.startswith("graph.")})
-        return cls(config, preprocess, graph, tensors["image_features"], tensors["feature_maps"])
+        return cls(config, preprocess, load_graph_tensors(graph, tensors), tensors["image_features"],
+                   tensors["feature_maps"])
 
 
 @torch.no_grad()
@@ -171,23 +169,12 @@ def fit(config: SpadeConfig, samples: Sequence[Sample], *, device: str = "cpu", 
         progress: Progress = SILENT) -> FittedSpade:
     """Collect the gallery: image features and feature maps of the normal images."""
     t0 = time.perf_counter()
-    extractor = create_backbone(config.backbone, config.layers, config.weights, seed=config.seed)
-    info = extractor.info
-    preprocess = PreprocessConfig.square(config.image_size, interpolation=config.interpolation,
-                                         mean=info.mean, std=info.std)
+    extractor, preprocess = backbone_and_preprocess(config)
     graph = SpadeGraph(extractor, preprocess.input_size, config.map_stride).eval()
     t1 = time.perf_counter()
-    model = graph.to(device)
-    skipped = Skipped()
-    feats, maps = [], []
-    for x in image_batches([s.path for s in samples], preprocess, batch_size, progress=progress, skipped=skipped):
-        f, m = model(x.to(device))
-        feats.append(f.cpu())
-        maps.append(m.cpu())
-    graph.cpu()
-    if not feats:
-        raise ConfigError("none of the training images could be decoded; see the messages above")
-    fitted = FittedSpade(config, preprocess, graph, torch.cat(feats), torch.cat(maps))
+    outputs, skipped = run_graph(graph, samples, preprocess, batch_size=batch_size, device=device, progress=progress)
+    fitted = FittedSpade(config, preprocess, graph, torch.cat([f for f, _ in outputs]),
+                         torch.cat([m for _, m in outputs]))
     t2 = time.perf_counter()
     N, HW, D = fitted.feature_maps.shape
     fitted.report.phases.update({"backbone_setup": t1 - t0, "feature_extraction": t2 - t1})
