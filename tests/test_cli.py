@@ -39,7 +39,7 @@ def test_train_export_infer(dataset: Path, tmp_path: Path) -> None:
     r = invoke("train", dataset, "-c", "weave", "--out", model, "--backbone", "test_efficientnet", "--weights", "random",
                "--image-size", 64, "--coreset-ratio", 0.2, "--k", 2, "--layers", "blocks.2,blocks.3", "-q")
     assert r.exit_code == 0, r.output
-    assert "fit time" in r.output and "image threshold" in r.output
+    assert "fit time" in r.output and "image threshold" in r.output and "on weave (cpu)" in r.output
     meta = json.loads((model / "model.json").read_text())
     assert meta["config"]["coreset_ratio"] == 0.2 and meta["config"]["num_neighbors"] == 2
     assert meta["config"]["layers"] == ["blocks.2", "blocks.3"]

@@ -171,8 +171,9 @@ def train(
     fit_seconds = time.perf_counter() - t0
     save_fitted(fitted, out, overwrite=overwrite)
     r = fitted.report
-    typer.echo(f"fitted {fitted.name} on {fitted.dataset['category']}: {r.sizes.get('fit_images')} images, "
-               f"{fitted.dataset['holdout_images']} held out for calibration, backbone {fitted.backbone.weights}")
+    typer.echo(f"fitted {fitted.name} on {fitted.dataset['category']} ({fitted.dataset['device']}): "
+               f"{r.sizes.get('fit_images')} images, {fitted.dataset['holdout_images']} held out for calibration, "
+               f"backbone {fitted.backbone.weights}")
     typer.echo("fit time {:.2f} s ({})".format(fit_seconds, ", ".join(f"{k} {v:.2f} s" for k, v in r.phases.items())))
     for f, reason in r.skipped:
         typer.secho(f"skipped {f}: {reason}", fg=typer.colors.YELLOW, err=True)
