@@ -204,7 +204,8 @@ def _render_sample(
     defect = DEFECT_TYPES[category][split_id - _SPLIT_FIRST_DEFECT]
     defect_fn = _DEFECTS[category][defect]
     for _ in range(_MAX_DEFECT_TRIES):
-        out = defect_fn(rng, clean, aux, n)
+        # float32 like clean: mixed precision would round some unchanged pixels differently.
+        out = defect_fn(rng, clean, aux, n).astype(np.float32, copy=False)
         changed = np.abs(out - clean).max(axis=2) > _MASK_THRESHOLD
         if int(changed.sum()) >= _MIN_MASK_PIXELS:
             break
@@ -215,8 +216,8 @@ def _render_sample(
     if (category, defect) in _CLOSE_MASK:
         # A warp leaves flat background inside the bent area unchanged, so the changed pixels form
         # a speckle; a morphological closing turns it into the region a person would outline.
-        closed = Image.fromarray(mask).filter(ImageFilter.MaxFilter(5)).filter(ImageFilter.MinFilter(5))
-        mask = np.maximum(mask, np.asarray(closed))
+        closed = Image.fromarray(mask).filter(ImageFilter.MaxFilter(5))
+        mask = np.maximum(mask, np.asarray(closed.filter(ImageFilter.MinFilter(5))))
     return clean_u8, _to_uint8(out + noise), mask
 
 
@@ -279,8 +280,9 @@ def _lerp(a: Array, b: Array, t: Array) -> Array:
 
 
 def _loguniform(rng: np.random.Generator, lo: float, hi: float) -> float:
-    # Sizes are log-uniform so small and large defects are both common.
-    return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+    # Sizes are log-uniform so small and large defects are both common. On tiny images a pixel
+    # floor can exceed a fraction-of-the-image ceiling; the floor wins.
+    return float(np.exp(rng.uniform(np.log(lo), np.log(max(lo, hi)))))
 
 
 def _centre(rng: np.random.Generator, n: int, margin: float = 0.15) -> tuple[float, float]:
