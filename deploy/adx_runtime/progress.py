@@ -42,7 +42,7 @@ class RichProgress(Progress):
         )
 
         if not self.console.is_terminal:
-            self.console.print(f"{description} ...", highlight=False)
+            self.console.print(f"{description} ...", highlight=False, markup=False)
             yield lambda n=1: None
             return
         with Bars(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -51,5 +51,5 @@ class RichProgress(Progress):
             yield lambda n=1: bars.advance(tid, n)
 
     def note(self, message: str) -> None:
-        self.console.print(message, highlight=False)
+        self.console.print(message, highlight=False, markup=False)
 
