@@ -17,7 +17,7 @@ from adexport.fitted import save_fitted
 from adexport.train import train
 from adx_runtime.bench import peak_rss_mb
 from adx_runtime.progress import SILENT, Progress
-from adx_runtime.synthetic import generate_demo_dataset
+from adx_synth import generate_demo_dataset
 
 
 def bench_fit(

@@ -15,7 +15,7 @@ from adx_runtime.images import decode_image
 from adx_runtime.overlay import save_overlay
 from adx_runtime.predictor import Predictor
 from adx_runtime.progress import SILENT, Progress
-from adx_runtime.synthetic import DEMO_CATEGORIES, count_demo_images, generate_demo_dataset
+from adx_synth import DEMO_CATEGORIES, count_demo_images, generate_demo_dataset
 
 
 @dataclass
@@ -23,7 +23,7 @@ class DemoResult:
     category: str
     fit_seconds: float
     bundle: Path
-    heatmaps: Path
+    heatmaps: Path | None  # None: the method has no maps (image-level scores only)
     evaluation: Evaluation
     parity: dict[str, Any] = field(default_factory=dict)
 
@@ -58,10 +58,25 @@ def run_demo(
         manifest = export_bundle(model_dir, bundle, overwrite=True, progress=progress)
         predictor = Predictor.load(bundle)
         evaluation = evaluate(bundle, data, cat, progress=progress, predictor=predictor)
-        heatmaps = out / "heatmaps" / method / cat
-        assert evaluation.maps is not None
-        for rec, raw_map in zip(evaluation.scored, evaluation.maps):
-            name = f"{rec.defect}_{Path(rec.path).stem}_heatmap.png"
-            save_overlay(decode_image(rec.path), predictor.normalized_maps(raw_map), predictor.preprocess, heatmaps / name)
+        heatmaps: Path | None = None
+        if evaluation.maps is not None:
+            heatmaps = out / "heatmaps" / method / cat
+            for rec, raw_map in zip(evaluation.scored, evaluation.maps):
+                name = f"{rec.defect}_{Path(rec.path).stem}_heatmap.png"
+                save_overlay(decode_image(rec.path), predictor.normalized_maps(raw_map), predictor.preprocess,
+                             heatmaps / name)
         results.append(DemoResult(cat, fit_seconds, bundle, heatmaps, evaluation, manifest["parity"]))
     return results
+
+
+def format_demo(results: Sequence[DemoResult], out: str | Path) -> str:
+    """The demo's closing table: fit time and metrics per category, where the heatmaps went."""
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    lines = ["", f"{'category':<10} {'fit s':>6} {'img AUROC':>10} {'pix AUROC':>10} {'AUPRO':>7}  heatmaps"]
+    for r in results:
+        m = r.evaluation.metrics
+        where = str(r.heatmaps) if r.heatmaps else "none: image-level method"
+        lines.append(f"{r.category:<10} {r.fit_seconds:>6.1f} {fmt(m.get('image_auroc')):>10} "
+                     f"{fmt(m.get('pixel_auroc')):>10} {fmt(m.get('aupro')):>7}  {where}")
+    lines.append(f"bundles in {Path(out) / 'bundles'}; score more images with: adx infer {results[0].bundle} IMAGES...")
+    return "\n".join(lines)

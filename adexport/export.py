@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from adexport.fitted import load_fitted
-from adexport.methods.base import FittedMethod, config_to_dict
+from adexport.methods.base import EXPORT_OPTIONS, TOLERANCE_EXACT, TOLERANCE_FP16, FittedMethod, config_to_dict
 from adx_runtime import __version__
 from adx_runtime.bundle import BUNDLE_FORMAT, MANIFEST, SCHEMA_VERSION, atomic_dir, file_entry, write_json_atomic
 from adx_runtime.errors import ConfigError, ExportError, ProviderError
@@ -34,11 +34,7 @@ GRAPH_FILE = "model.onnx"
 INPUT_NAME = "image"
 DEFAULT_OPSET = 17
 
-#: Parity tolerances: max |torch - runtime| / max |torch| per quantity. Exact scoring (Flat FAISS or
-#: numpy bank) differs from torch only by float32 rounding; approximate FAISS indices trade accuracy.
-TOLERANCE_EXACT = {"features": 1e-4, "image_scores": 1e-3, "maps": 1e-3}
-TOLERANCE_APPROXIMATE = {"features": 1e-4, "image_scores": 5e-2, "maps": 5e-2}
-TOLERANCE_FP16 = {"features": 2e-2, "image_scores": 5e-2, "maps": 5e-2}
+__all__ = ["TOLERANCE_EXACT", "export_bundle", "export_onnx", "format_export_summary", "parity_check"]
 
 FORMATS = ("onnx", "tensorrt")
 
@@ -58,7 +54,7 @@ def export_onnx(fitted: FittedMethod, path: Path, opset: int = DEFAULT_OPSET) ->
 
     graph = fitted.graph().eval().cpu()
     h, w = fitted.preprocess.input_size
-    dummy = torch.zeros(2, 3, h, w)  # batch 2 so nothing specialises on a batch of one
+    dummy = torch.zeros(2, fitted.preprocess.channels, h, w)  # batch 2 so nothing specialises on a batch of one
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")  # tracer and deprecation chatter, not actionable for users
         torch.onnx.export(
@@ -113,9 +109,13 @@ def parity_check(fitted: FittedMethod, bundle_dir: Path, images: Sequence[str | 
     errors = {
         "features": max(feature_errs, key=lambda e: e["max_rel"]),
         "image_scores": _errors(ref.image_scores.numpy(), run.image_scores),
-        "maps": _errors(ref.anomaly_maps.numpy(), run.anomaly_maps),
     }
-    failed = [k for k, e in errors.items() if e["max_rel"] > tolerance[k]]
+    if (ref.anomaly_maps is None) != (run.anomaly_maps is None):
+        raise ExportError("the torch model and the runtime disagree on whether this method has a map; "
+                          "the method's postprocess() and reference() do not match")
+    if ref.anomaly_maps is not None:
+        errors["maps"] = _errors(ref.anomaly_maps.numpy(), run.anomaly_maps)
+    failed = [k for k, e in errors.items() if e["max_rel"] > tolerance.get(k, TOLERANCE_EXACT[k])]
     return {
         "n_images": len(images),
         "images": [Path(p).name for p in images],
@@ -149,8 +149,8 @@ def export_bundle(
     out: str | Path,
     *,
     fmt: str = "onnx",
-    bank: str = "faiss",
-    index_type: str = "Flat",
+    bank: str | None = None,
+    index_type: str | None = None,
     opset: int = DEFAULT_OPSET,
     parity_images: Sequence[str | Path] | None = None,
     tolerance: dict[str, float] | None = None,
@@ -164,9 +164,11 @@ def export_bundle(
     Args:
         model: a fitted method or the folder ``adx train`` wrote.
         fmt: ``onnx``, or ``tensorrt`` (the ONNX bundle plus a TensorRT engine built on this GPU).
-        bank: ``faiss`` (index file) or ``npz`` (numpy brute force in the runtime).
-        index_type: FAISS index factory string, e.g. ``Flat``, ``HNSW32``, ``IVF64,Flat``.
-        tolerance: parity tolerances overriding the defaults for this bank and precision.
+        bank: ``faiss`` (index file) or ``npz`` (numpy brute force in the runtime); methods with a
+            memory bank only (``None``: the method's default).
+        index_type: FAISS index factory string, e.g. ``Flat``, ``HNSW32``, ``IVF64,Flat``; methods
+            with a memory bank only.
+        tolerance: parity tolerances overriding the method's declared ones.
         max_batch: largest batch the TensorRT engine's shape profile accepts.
     """
     if fmt not in FORMATS:
@@ -181,6 +183,15 @@ def export_bundle(
             "and build the engine there."
         )
     fitted = model if isinstance(model, FittedMethod) else load_fitted(model)
+    options = {k: v for k, v in (("bank", bank), ("index_type", index_type)) if v is not None}
+    props = fitted.export_properties(**options)
+    refused = sorted(set(options) - props.options)
+    if refused:
+        flags = ", ".join(EXPORT_OPTIONS[k] for k in refused)
+        raise ConfigError(f"{fitted.name} does not use {flags} (it scores with kind {fitted.scoring_kind!r}, "
+                          "which has no memory bank index); drop the option")
+    if fp16 and not props.fp16:
+        raise ConfigError(f"{fitted.name} refuses float16 TensorRT engines: {props.fp16_reason}")
     images = _parity_images(fitted, parity_images)
     seconds: dict[str, float] = {}
     with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -190,7 +201,7 @@ def export_bundle(
         graph["max_batch"] = max_batch if fmt == "tensorrt" else None
         t1 = time.perf_counter()
         with progress.task("Writing scoring data", None):
-            scoring, files = fitted.write_scoring_data(tmp, bank=bank, index_type=index_type)
+            scoring, files = fitted.write_scoring_data(tmp, **options)
         seconds.update(onnx_export=t1 - t0, scoring_data=time.perf_counter() - t1)
         manifest: dict[str, Any] = {
             "format": BUNDLE_FORMAT,
@@ -201,16 +212,17 @@ def export_bundle(
             "input": fitted.preprocess.to_dict(),
             "graph": graph,
             "files": [file_entry(tmp, GRAPH_FILE, "onnx-graph", opset=opset), *files],
-            "scoring": scoring,
+            "scoring": {"kind": fitted.scoring_kind, **scoring},
+            "postprocess": fitted.postprocess().to_dict(),
             "calibration": fitted.calibration,
             "method_config": config_to_dict(fitted.config),
-            "backbone": fitted.backbone.to_dict(),
+            "backbone": fitted.backbone.to_dict() if fitted.backbone else None,
             "training": {**fitted.dataset, "fit_seconds": fitted.report.phases, "sizes": fitted.report.sizes},
             "provenance": _versions(),
         }
         write_json_atomic(tmp / MANIFEST, manifest)
         if tolerance is None:
-            tolerance = TOLERANCE_EXACT if fitted.exact_scoring else TOLERANCE_APPROXIMATE
+            tolerance = props.tolerance
         t2 = time.perf_counter()
         with progress.task(f"Parity check on {len(images)} images (torch vs ONNX Runtime)", None):
             parity = parity_check(fitted, tmp, images, device="cpu", tolerance=tolerance)
@@ -255,14 +267,15 @@ def _build_tensorrt(bundle_dir: Path, manifest: dict[str, Any], max_batch: int, 
     engine_dir = bundle_dir / "engines"
     engine_dir.mkdir()
     h, w = manifest["input"]["input_size"]
-    shape = f"{INPUT_NAME}:{{}}x3x{h}x{w}"
+    c = manifest["input"].get("channels", 3)
+    shape = f"{INPUT_NAME}:{{}}x{c}x{h}x{w}"
     profile = {"min": shape.format(1), "opt": shape.format(min(8, max_batch)), "max": shape.format(max_batch)}
     options = tensorrt_provider_options(engine_dir, profile, fp16=fp16, prefix=prefix)
     session = ort.InferenceSession(str(bundle_dir / GRAPH_FILE),
                                    providers=[("TensorrtExecutionProvider", options), "CPUExecutionProvider"])
     if session.get_providers()[0] != "TensorrtExecutionProvider":
         raise ProviderError(f"ONNX Runtime did not start the TensorRT provider (got {session.get_providers()})")
-    session.run(None, {INPUT_NAME: np.zeros((1, 3, h, w), np.float32)})  # builds and caches the engine
+    session.run(None, {INPUT_NAME: np.zeros((1, c, h, w), np.float32)})  # builds and caches the engine
     engines = sorted(p for p in engine_dir.iterdir() if p.is_file())
     if not engines:
         raise ExportError("ONNX Runtime's TensorRT provider ran but wrote no engine file into the bundle")
@@ -285,3 +298,19 @@ def _compute_capability() -> str:
         major, minor = torch.cuda.get_device_capability(0)
         return f"{major}{minor}"
     raise ProviderError("no CUDA GPU is visible to name the TensorRT engine by its compute capability")
+
+
+def format_export_summary(manifest: dict[str, Any], out: str | Path) -> str:
+    """What ``adx export`` prints: files and sizes, parity errors against their tolerances."""
+    p = manifest["parity"]
+    size = sum(f["bytes"] for f in manifest["files"])
+    lines = [f"wrote {out} ({size / 1e6:.1f} MB: "
+             + ", ".join(f"{f['path']} {f['bytes'] / 1e6:.1f} MB" for f in manifest["files"]) + ")",
+             f"scoring kind {manifest['scoring']['kind']}; "
+             + ("anomaly maps" if manifest["postprocess"]["map"] else "image scores only (no anomaly map)"),
+             f"parity on {p['n_images']} images, max relative error torch vs runtime: "
+             + ", ".join(f"{k} {v['max_rel']:.2e} (tol {p['tolerance'][k]:.0e})" for k, v in p["errors"].items())]
+    if "tensorrt" in manifest:
+        tp = manifest["tensorrt"]["parity"]
+        lines.append("TensorRT parity: " + ", ".join(f"{k} {v['max_rel']:.2e}" for k, v in tp["errors"].items()))
+    return "\n".join(lines)

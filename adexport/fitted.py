@@ -14,6 +14,7 @@ from typing import Any
 
 from adexport.methods import get_method
 from adexport.methods.base import FittedMethod, config_to_dict
+from adexport.training import save_loss_curve
 from adx_runtime import __version__
 from adx_runtime.bundle import atomic_dir
 from adx_runtime.errors import ConfigError
@@ -22,6 +23,7 @@ FITTED_FORMAT = "adexport-fitted-model"
 FITTED_VERSION = 1
 META = "model.json"
 TENSORS = "tensors.safetensors"
+LOSS_CURVE = "loss_curve.png"
 
 
 def save_fitted(fitted: FittedMethod, out_dir: str | Path, *, overwrite: bool = False) -> Path:
@@ -37,11 +39,12 @@ def save_fitted(fitted: FittedMethod, out_dir: str | Path, *, overwrite: bool = 
         "method": fitted.name,
         "config": config_to_dict(fitted.config),
         "preprocess": fitted.preprocess.to_dict(),
-        "backbone": fitted.backbone.to_dict(),
+        "backbone": fitted.backbone.to_dict() if fitted.backbone else None,
         "calibration": fitted.calibration,
         "dataset": fitted.dataset,
         "fit": {"seconds": fitted.report.phases, "total_seconds": fitted.report.total, "sizes": fitted.report.sizes,
-                "skipped_images": [{"file": f, "reason": r} for f, r in fitted.report.skipped]},
+                "skipped_images": [{"file": f, "reason": r} for f, r in fitted.report.skipped],
+                "loss_history": fitted.report.loss_history},
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
     }
@@ -49,6 +52,8 @@ def save_fitted(fitted: FittedMethod, out_dir: str | Path, *, overwrite: bool = 
         tensors = {k: v.detach().cpu().contiguous() for k, v in fitted.tensors().items()}
         save_file(tensors, str(tmp / TENSORS))
         (tmp / META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        if fitted.report.loss_history:
+            save_loss_curve(fitted.report.loss_history, tmp / LOSS_CURVE, title=f"{fitted.name}: mean training loss per epoch")
     return Path(out_dir)
 
 
@@ -70,4 +75,5 @@ def load_fitted(path: str | Path) -> FittedMethod:
     fitted.dataset = meta.get("dataset", {})
     fitted.report.phases.update(meta.get("fit", {}).get("seconds", {}))
     fitted.report.sizes.update(meta.get("fit", {}).get("sizes", {}))
+    fitted.report.loss_history = list(meta.get("fit", {}).get("loss_history", []))
     return fitted

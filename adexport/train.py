@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ from adx_runtime import calibration
 from adx_runtime.datasets import GOOD, CategorySplit, Sample, load_split
 from adx_runtime.errors import ConfigError
 from adx_runtime.progress import SILENT, Progress
+from adexport.training import TrainingRun
 
 #: Images used by the export parity check (taken from test/ when it exists).
 PARITY_IMAGES = 8
@@ -58,24 +59,28 @@ def calibrate(fitted: FittedMethod, samples: list[Sample], *, batch_size: int = 
     for x in image_batches([s.path for s in samples], fitted.preprocess, batch_size, progress=progress,
                            description="Calibrating on held-out normal images"):
         ref = fitted.reference(x, exact=False)
-        maps = ref.anomaly_maps.numpy().reshape(len(x), -1)
         scores.append(ref.image_scores.numpy())
-        maxima.append(maps.max(axis=1))
-        pixels.append(rng.choice(maps.ravel(), size=min(maps.size, 4096), replace=False))
+        if ref.anomaly_maps is not None:
+            maps = ref.anomaly_maps.numpy().reshape(len(x), -1)
+            maxima.append(maps.max(axis=1))
+            pixels.append(rng.choice(maps.ravel(), size=min(maps.size, 4096), replace=False))
     image = calibration.threshold_entry(np.concatenate(scores), sigmas)
-    pixel = calibration.threshold_entry(np.concatenate(maxima), sigmas)
-    pix = np.concatenate(pixels)
-    pixel["normal_pixel_median"] = float(np.median(pix))
-    pixel["scale"] = calibration.scale_for(pixel["threshold"], {"median": pixel["normal_pixel_median"],
-                                                                "std": float(pix.std())})
-    pixel["rule"] += " (per-image map maxima); scale from the median held-out pixel"
+    pixel = None  # an image-level-only method has no pixel threshold
+    if maxima:
+        pixel = calibration.threshold_entry(np.concatenate(maxima), sigmas)
+        pix = np.concatenate(pixels)
+        pixel["normal_pixel_median"] = float(np.median(pix))
+        pixel["scale"] = calibration.scale_for(pixel["threshold"], {"median": pixel["normal_pixel_median"],
+                                                                    "std": float(pix.std())})
+        pixel["rule"] += " (per-image map maxima); scale from the median held-out pixel"
     return {
         "holdout_images": len(samples),
         "image": image,
         "pixel": pixel,
         "normalisation": calibration.NORMALISATION_RULE,
         "history": [{"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "action": "fit",
-                     "image_threshold": image["threshold"], "pixel_threshold": pixel["threshold"]}],
+                     "image_threshold": image["threshold"],
+                     "pixel_threshold": pixel["threshold"] if pixel else None}],
     }
 
 
@@ -89,19 +94,24 @@ def train(
     device: str = "cpu",
     batch_size: int = 8,
     progress: Progress = SILENT,
+    run: TrainingRun | None = None,
 ) -> FittedMethod:
     """Fit ``method`` on ``train/good`` of one category and calibrate it on a held-out part.
 
     Args:
         options: method config overrides (``None`` values mean "the method's default").
         holdout: fraction of ``train/good`` kept out of the fit to calibrate thresholds.
+        batch_size: images per forward pass when extracting features or calibrating (a trained
+            method's optimiser batch is its own ``batch_size`` option).
+        run: a trained method's checkpoint file and resume flag (ignored by one-pass methods).
     """
     entry = get_method(method)
     config = make_config(entry.config_cls, options or {})
     split = load_split(dataset, category, need_test=False)
     fit_samples, held_out = holdout_split(split.train, holdout, seed=getattr(config, "seed", 0))
     device = resolve_device(device)
-    fitted = entry.fit(config, fit_samples, device=device, batch_size=batch_size, progress=progress)
+    extra = {"run": run} if entry.trained else {}
+    fitted = entry.fit(config, fit_samples, device=device, batch_size=batch_size, progress=progress, **extra)
     t0 = time.perf_counter()
     fitted.calibration = calibrate(fitted, held_out, batch_size=batch_size, progress=progress)
     fitted.report.phases["calibration"] = time.perf_counter() - t0
@@ -115,3 +125,72 @@ def train(
         "device": device,
     }
     return fitted
+
+
+def format_fit_summary(fitted: FittedMethod, fit_seconds: float, out: str | Path) -> str:
+    """What ``adx train`` prints after a fit: data, time per phase, sizes, loss, threshold."""
+    r = fitted.report
+    source = fitted.backbone.weights if fitted.backbone else "no backbone"
+    lines = [f"fitted {fitted.name} on {fitted.dataset['category']} ({fitted.dataset['device']}): "
+             f"{r.sizes.get('fit_images')} images, {fitted.dataset['holdout_images']} held out for calibration, "
+             f"backbone {source}",
+             "fit time {:.2f} s ({})".format(fit_seconds, ", ".join(f"{k} {v:.2f} s" for k, v in r.phases.items())),
+             "sizes: " + ", ".join(f"{k} {v}" for k, v in r.sizes.items())]
+    if r.loss_history:
+        h = r.loss_history
+        shown = h if len(h) <= 12 else h[:6] + h[-6:]
+        lines.append(f"loss per epoch ({len(h)} epochs{', first and last 6' if len(h) > 12 else ''}): "
+                     + " ".join(f"{v:.4g}" for v in shown) + f"; curve in {Path(out) / 'loss_curve.png'}")
+    cal = fitted.calibration["image"]
+    lines.append(f"image threshold {cal['threshold']:.4g} ({cal['rule']})")
+    if not fitted.calibration.get("pixel"):
+        lines.append("no pixel threshold: this method scores whole images and has no anomaly map")
+    lines.append(f"wrote {out}")
+    return "\n".join(lines)
+
+
+def run_training(
+    dataset: str | Path,
+    out: str | Path,
+    category: str | None = None,
+    method: str = "patchcore",
+    *,
+    shortcuts: dict[str, Any] | None = None,
+    assignments: Sequence[str] = (),
+    holdout: float = 0.2,
+    device: str = "auto",
+    batch_size: int = 8,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: Progress = SILENT,
+) -> str:
+    """``adx train``: options from shortcut flags and ``--set KEY=VALUE``, fit, save; returns the
+    summary to print. A trained method checkpoints into ``OUT.checkpoint.pt`` (removed once the
+    model folder is written) and resumes from it with ``resume``."""
+    from adexport.fitted import save_fitted  # noqa: PLC0415
+    from adexport.methods.options import parse_assignments  # noqa: PLC0415
+    from adexport.training import checkpoint_path  # noqa: PLC0415
+
+    entry = get_method(method)
+    options = {k: v for k, v in (shortcuts or {}).items() if v is not None}
+    explicit = parse_assignments(entry.config_cls, assignments)
+    both = sorted(set(options) & set(explicit))
+    if both:
+        raise ConfigError(f"{', '.join(both)} given both as a flag and with --set; give each option once")
+    options.update(explicit)
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ConfigError(f"{str(out)!r} already exists; choose another --out or pass --overwrite")
+    run = None
+    if entry.trained:
+        run = TrainingRun(checkpoint_path(out), resume=resume)
+    elif resume:
+        raise ConfigError(f"--resume applies to trained networks; {method} fits in one pass and has no checkpoints")
+    t0 = time.perf_counter()
+    fitted = train(dataset, category, method, options=options, holdout=holdout, device=device,
+                   batch_size=batch_size, progress=progress, run=run)
+    fit_seconds = time.perf_counter() - t0
+    save_fitted(fitted, out, overwrite=overwrite)
+    if run is not None and run.checkpoint is not None:
+        run.checkpoint.unlink(missing_ok=True)  # the finished model folder supersedes it
+    return format_fit_summary(fitted, fit_seconds, out)

@@ -1,5 +1,5 @@
 """Which form of PaDiM's per-position Mahalanobis distance is fastest in numpy on this machine?
-(It decided the runtime's form: see adx_runtime/scorers/padim.py.)
+(It decided the runtime's form: see adx_runtime/scorers/gaussian.py.)
 
     d^2(x_p) = (x_p - mu_p)^T S_p^-1 (x_p - mu_p)        for every position p, every image
 

@@ -17,10 +17,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 CATEGORY = "weave"
 TINY = {"backbone": "test_efficientnet", "weights": "random", "image_size": 64}
 
+#: Tiny options of every trained method (tests/test_training.py loops over them): a few seconds each.
+TINY_TRAINED: dict[str, dict] = {}
+
 
 @pytest.fixture(scope="session")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from adx_runtime.synthetic import generate_demo_dataset
+    from adx_synth import generate_demo_dataset
 
     root = tmp_path_factory.mktemp("data")
     generate_demo_dataset(root, [CATEGORY], n_train=16, n_test_good=4, n_test_per_defect=2, image_size=64, seed=0)

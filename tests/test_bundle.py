@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from adexport.export import export_bundle
@@ -57,7 +58,7 @@ def _edit_manifest(bundle: Path, **changes) -> None:
 @pytest.mark.parametrize("version,hint", [(SCHEMA_VERSION + 1, "upgrade adexport"), (0, "re-export")])
 def test_wrong_schema_version_is_refused(bundle_copy: Path, version: int, hint: str) -> None:
     _edit_manifest(bundle_copy, schema_version=version)
-    with pytest.raises(BundleError, match=f"schema version {version}.*reads version {SCHEMA_VERSION}.*{hint}"):
+    with pytest.raises(BundleError, match=f"schema version {version}.*reads versions 1, {SCHEMA_VERSION}.*{hint}"):
         Predictor.load(bundle_copy)
 
 
@@ -69,9 +70,18 @@ def test_missing_file_and_missing_manifest(bundle_copy: Path, tmp_path: Path) ->
         Predictor.load(tmp_path)
 
 
-def test_garbled_manifest_and_unknown_method(bundle_copy: Path) -> None:
-    _edit_manifest(bundle_copy, method="cflow")
-    with pytest.raises(BundleError, match="method 'cflow' is not known.*patchcore"):
+def test_runtime_dispatches_on_scoring_kind_not_method_name(bundle_copy: Path) -> None:
+    before = Predictor.load(bundle_copy).predict_tensor(np.zeros((1, 3, 64, 64), np.float32)).image_scores
+    _edit_manifest(bundle_copy, method="some_new_method")  # a method this runtime never heard of
+    after = Predictor.load(bundle_copy).predict_tensor(np.zeros((1, 3, 64, 64), np.float32)).image_scores
+    np.testing.assert_array_equal(before, after)
+
+
+def test_garbled_manifest_and_unknown_scoring_kind(bundle_copy: Path) -> None:
+    m = json.loads((bundle_copy / "manifest.json").read_text())
+    m["scoring"]["kind"] = "flow"
+    (bundle_copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="scoring kind 'flow'.*not known.*knn, gallery, gaussian, map"):
         Predictor.load(bundle_copy)
     (bundle_copy / "manifest.json").write_text("{not json")
     with pytest.raises(BundleError, match="not valid JSON"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -20,10 +21,82 @@ def invoke(*args: str):
     return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
-@pytest.mark.parametrize("command", ["demo-data", "train", "export", "infer", "eval", "demo", "calibrate", "bench", "bench-fit"])
+COMMANDS = ["demo-data", "train", "methods", "export", "infer", "eval", "demo", "calibrate", "bench", "bench-fit"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help(command: str) -> None:
     result = invoke(command, "--help")
     assert result.exit_code == 0 and "Usage" in result.output and len(result.output) > 300
+
+
+def _flat(text: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"[│╭╮╰╯─]", " ", text))
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_shows_every_default_it_promises(command: str) -> None:
+    """Rich reads "[default: 256]" in a help string as markup and drops it, leaving a dangling "."
+    (it happened); every default a help string names must reach the screen."""
+    import typer.main
+
+    click_cmd = typer.main.get_command(app).commands[command]  # type: ignore[attr-defined]
+    out = _flat(CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "400", "TERMINAL_WIDTH": "400"}).output)
+    promised = 0
+    for param in click_cmd.params:
+        text = (getattr(param, "help", None) or "").replace("\\[", "[")
+        for default in re.findall(r"\[default: ([^\]]+)\]", text):
+            promised += 1
+            assert f"[default: {default}]" in out, f"{command} --{param.name}: [default: {default}] is not shown"
+    assert not re.search(r" \.( |$)", out), f"{command} --help has a dangling '.' where text was dropped"
+    if command == "train":
+        assert promised >= 10
+
+
+def test_methods_lists_methods_and_options() -> None:
+    out = invoke("methods").output
+    assert "patchcore" in out and "padim" in out and "spade" in out and "one-pass fit" in out
+    detail = invoke("methods", "padim").output
+    assert "n_features" in detail and "100" in detail and "random channel subset" in detail
+    assert invoke("methods", "nope").exit_code == 1
+
+
+def test_every_option_of_every_method_has_help() -> None:
+    from adexport.methods import METHODS
+    from adexport.methods.options import describe_options
+
+    missing = [f"{e.name}.{o.name}" for e in METHODS.values() for o in describe_options(e.config_cls) if not o.help]
+    assert not missing, f"options without a trailing '# help' comment: {missing}"
+
+
+def test_set_is_typed_from_the_config_and_refuses_unknown_keys(dataset: Path, tmp_path: Path) -> None:
+    from adexport.methods.options import parse_assignments
+    from adexport.methods.patchcore import PatchCoreConfig
+
+    got = parse_assignments(PatchCoreConfig, ["layers=1,layer3", "target_dim=none", "coreset_ratio=0.25", "k=3"]
+                            [:3] + ["num-neighbors=2"])
+    assert got == {"layers": (1, "layer3"), "target_dim": None, "coreset_ratio": 0.25, "num_neighbors": 2}
+    r = invoke("train", dataset, "-c", "weave", "--out", tmp_path / "m", "--set", "coreset_ratio=abc", "-q")
+    assert r.exit_code == 1 and "coreset_ratio=abc: expected a number" in r.output
+    r = invoke("train", dataset, "-c", "weave", "--out", tmp_path / "m", "--set", "epochs=3", "-q")
+    assert r.exit_code == 1 and "no option 'epochs'" in r.output and "adx methods" in r.output
+    r = invoke("train", dataset, "-c", "weave", "--out", tmp_path / "m", "--backbone", "x", "--set", "backbone=y")
+    assert r.exit_code == 1 and "both as a flag and with --set" in r.output
+    r = invoke("train", dataset, "-c", "weave", "--out", tmp_path / "m", "--resume", "-q")
+    assert r.exit_code == 1 and "--resume applies to trained networks" in r.output
+
+
+def test_export_refuses_options_the_method_ignores(tmp_path: Path, dataset: Path) -> None:
+    from adexport.export import export_bundle
+    from adexport.train import train
+
+    from conftest import TINY
+
+    fitted = train(dataset, "weave", "padim", options={**TINY, "n_features": 8}, holdout=0.25)
+    with pytest.raises(ConfigError, match=r"padim does not use --bank"):
+        export_bundle(fitted, tmp_path / "b", bank="npz")
+    with pytest.raises(ConfigError, match=r"padim does not use --index-type"):
+        export_bundle(fitted, tmp_path / "b", index_type="HNSW32")
 
 
 def test_demo_data_writes_the_layout(tmp_path: Path) -> None:

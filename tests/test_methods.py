@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CATEGORY, TINY, list_test_images
+from conftest import CATEGORY, TINY, TINY_TRAINED, list_test_images
 from torchfree import make_torch_free_venv
 
 from adexport.export import export_bundle
@@ -21,14 +21,15 @@ from adexport.train import train
 from adx_runtime.predictor import Predictor
 from adx_runtime.preprocess import load_image, stack
 
-# Per-method options on top of the tiny backbone (test_efficientnet: 16, 24, 32, 48, 64 channels).
-OPTIONS = {"patchcore": {}, "padim": {"n_features": 40}, "spade": {"k": 5}}
+# Per-method options on top of the tiny backbone (test_efficientnet: 16, 24, 32, 48, 64 channels);
+# trained methods bring their own tiny settings (conftest.TINY_TRAINED).
+OPTIONS = {"patchcore": {**TINY}, "padim": {**TINY, "n_features": 40}, "spade": {**TINY, "k": 5}, **TINY_TRAINED}
 
 
 @pytest.fixture(scope="module", params=sorted(METHODS))
 def exported(request, dataset: Path, tmp_path_factory: pytest.TempPathFactory):
     method = request.param
-    fitted = train(dataset, CATEGORY, method, options={**TINY, **OPTIONS[method]}, holdout=0.25)
+    fitted = train(dataset, CATEGORY, method, options=OPTIONS[method], holdout=0.25)
     root = tmp_path_factory.mktemp(method)
     save_fitted(fitted, root / "model")
     manifest = export_bundle(root / "model", root / "bundle")
@@ -82,7 +83,7 @@ def test_every_method_scores_without_torch(exported, dataset: Path, tmp_path: Pa
 # ----------------------------------------------------------------------------------------- PaDiM
 def test_padim_scorer_equals_the_mahalanobis_definition() -> None:
     from adexport.methods.padim import gaussian_fit
-    from adx_runtime.scorers.padim import mahalanobis
+    from adx_runtime.scorers.gaussian import mahalanobis
 
     rng = np.random.default_rng(0)
     train_emb = rng.standard_normal((30, 6, 5))  # (N, P, d)
@@ -121,7 +122,7 @@ def test_padim_float16_store_halves_the_file_and_stays_close(dataset: Path, tmp_
 def test_spade_scorer_equals_brute_force(tmp_path: Path) -> None:
     import faiss
 
-    from adx_runtime.scorers.spade import SpadeScorer
+    from adx_runtime.scorers.gallery import GalleryScorer
 
     rng = np.random.default_rng(1)
     N, HW, D, C, k = 12, 16, 8, 10, 4
@@ -131,9 +132,10 @@ def test_spade_scorer_equals_brute_force(tmp_path: Path) -> None:
     index.add(img_feats)
     faiss.write_index(index, str(tmp_path / "g.faiss"))
     np.savez(tmp_path / "m.npz", feature_maps=maps)
-    manifest = {"scoring": {"image_output": "i", "map_output": "m", "patch_grid": [4, 4], "k": k,
-                            "gallery": {"images_file": "g.faiss", "maps_file": "m.npz"}}}
-    scorer = SpadeScorer(tmp_path, manifest, "cpu")
+    manifest = {"scoring": {"kind": "gallery", "image_output": "i", "map_output": "m", "k": k,
+                            "gallery": {"images_file": "g.faiss", "maps_file": "m.npz"}},
+                "postprocess": {"patch_grid": [4, 4]}}
+    scorer = GalleryScorer(tmp_path, manifest, "cpu")
     q_img = rng.standard_normal((2, C)).astype(np.float32)
     q_map = rng.standard_normal((2, HW, D)).astype(np.float32)
     out = scorer({"i": q_img, "m": q_map})

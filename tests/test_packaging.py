@@ -53,7 +53,7 @@ def test_importing_the_runtime_and_cli_loads_no_torch() -> None:
     assert out.strip() == "[]"
 
 
-def test_the_wheel_installs_only_adexport_adx_runtime_and_adx_cli(tmp_path: Path) -> None:
+def test_the_wheel_installs_only_adexport_adx_runtime_adx_synth_and_adx_cli(tmp_path: Path) -> None:
     """What lands in site-packages: real package names, never the folders cli/ or deploy/."""
     pytest.importorskip("setuptools")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
@@ -61,5 +61,6 @@ def test_the_wheel_installs_only_adexport_adx_runtime_and_adx_cli(tmp_path: Path
     wheel = next(tmp_path.glob("adexport-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")} == {
-        "adexport", "adx_runtime", "adx_cli"}
-    assert "adx_runtime/scorers/patchcore.py" in names and "adx_cli/app.py" in names
+        "adexport", "adx_runtime", "adx_synth", "adx_cli"}
+    assert "adx_synth/digits.py" in names
+    assert "adx_runtime/scorers/knn.py" in names and "adx_cli/app.py" in names

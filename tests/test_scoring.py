@@ -12,11 +12,12 @@ import torch
 import torch.nn.functional as F
 
 from adexport.coreset import greedy_coreset
-from adexport.methods.common import anomaly_map, channel_pool_matrix, nearest
+from adexport.methods.common import anomaly_map, channel_pool_matrix, nearest, reference_image_scores, reference_postprocess
 from adexport.methods.patchcore import projection_matrix
 from adx_runtime.knn import FaissBank, NumpyBank, load_bank
-from adx_runtime.postprocess import MapPostprocessor, bilinear_matrix, blur_matrix
-from adx_runtime.scorers.patchcore import reweight
+from adx_runtime.postprocess import (MapPostprocessor, PostprocessSpec, bilinear_matrix, blur_matrix,
+                                     image_scores_from_maps)
+from adx_runtime.scorers.knn import reweight
 
 rng = np.random.default_rng(0)
 
@@ -81,8 +82,57 @@ def test_torch_reference_knn_equals_brute_force(bank_data) -> None:
 def test_runtime_map_equals_torch_interpolate_and_blur(grid, out, sigma) -> None:
     patch = rng.random((3, *grid)).astype(np.float32)
     ref = anomaly_map(torch.from_numpy(patch), out, sigma).numpy()
-    got = MapPostprocessor(grid, out, sigma)(patch)
+    got = MapPostprocessor(PostprocessSpec.gaussian(grid, sigma), out)(patch)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("smoothing", [{"type": "gaussian", "sigma": 2.0}, {"type": "mean", "size": 5},
+                                       {"type": "mean", "size": 1}, {"type": "none"}])
+def test_smoothing_at_input_size_equals_scipy(smoothing) -> None:
+    """A map already at the input size (the ``map`` kind) is only smoothed; scipy is the reference
+    (mode 'mirror' is reflect without repeating the edge, the runtime's and torch's padding)."""
+    from scipy import ndimage
+
+    spec = PostprocessSpec.from_dict({"patch_grid": [24, 20], "smoothing": smoothing, "image_score": {"rule": "max"}})
+    maps = rng.random((2, 24, 20)).astype(np.float32)
+    got = MapPostprocessor(spec, (24, 20))(maps)
+    for m, g in zip(maps, got):
+        if smoothing["type"] == "gaussian":
+            ref = ndimage.gaussian_filter(m.astype(np.float64), smoothing["sigma"], mode="mirror", truncate=4.0)
+        elif smoothing["type"] == "mean":
+            ref = ndimage.uniform_filter(m.astype(np.float64), smoothing["size"], mode="mirror")
+        else:
+            ref = m
+        np.testing.assert_allclose(g, ref, rtol=1e-5, atol=1e-6)
+    torch_ref = reference_postprocess(torch.from_numpy(maps), spec, (24, 20)).numpy()
+    np.testing.assert_allclose(got, torch_ref, rtol=1e-5, atol=1e-6)
+
+
+def test_image_score_rules() -> None:
+    maps = rng.random((3, 10, 10)).astype(np.float32)
+    top = np.sort(maps.reshape(3, -1), axis=1)[:, -7:].mean(axis=1)
+    spec = PostprocessSpec.from_dict({"patch_grid": [10, 10], "smoothing": {"type": "none"},
+                                      "image_score": {"rule": "mean_top_k", "k": 7}})
+    np.testing.assert_allclose(image_scores_from_maps(maps, spec), top, rtol=1e-6)
+    np.testing.assert_allclose(reference_image_scores(torch.from_numpy(maps), spec).numpy(), top, rtol=1e-6)
+    spec_max = PostprocessSpec.from_dict({"patch_grid": [10, 10], "smoothing": {"type": "none"},
+                                          "image_score": {"rule": "max"}})
+    np.testing.assert_array_equal(image_scores_from_maps(maps, spec_max), maps.reshape(3, -1).max(axis=1))
+
+
+@pytest.mark.parametrize("bad,match", [
+    ({"smoothing": {"type": "median"}}, "smoothing 'median' is not known"),
+    ({"smoothing": {"type": "mean", "size": 4}}, "odd size"),
+    ({"image_score": {"rule": "mean_top_k"}}, "needs k"),
+    ({"patch_grid": None}, "without a map must supply its image score"),
+    ({"smoothing": "gaussian"}, "malformed"),
+])
+def test_malformed_postprocess_sections_are_refused(bad, match) -> None:
+    from adx_runtime.errors import BundleError
+
+    d = {"patch_grid": [4, 4], "smoothing": {"type": "gaussian", "sigma": 1.0}, "image_score": {"rule": "max"}, **bad}
+    with pytest.raises(BundleError, match=match):
+        PostprocessSpec.from_dict(d)
 
 
 def test_bilinear_matrix_equals_torch() -> None:

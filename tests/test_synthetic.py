@@ -1,7 +1,9 @@
-"""Tests for adx_runtime.synthetic: the procedural MVTec-AD-style demo dataset."""
+"""Tests for adx_synth: the procedural MVTec-AD-style demo datasets and the defect primitives."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,12 +11,25 @@ import pytest
 from PIL import Image
 
 from adx_runtime.datasets import load_split
-from adx_runtime.errors import ConfigError
-from adx_runtime.synthetic import (
+from adx_runtime.errors import ConfigError, DependencyError
+from adx_synth import (
     DEFECT_TYPES,
     DEMO_CATEGORIES,
+    EXTRA_CATEGORIES,
+    alpha_centroid,
+    bilinear_sample,
+    blob_alpha,
+    bump_warp,
     count_demo_images,
     generate_demo_dataset,
+    generate_digits,
+    paint,
+    random_walk,
+    render_digit,
+    stroke_alpha,
+    textured_fill,
+    tint,
+    write_sklearn_digits,
 )
 
 SMALL = dict(n_train=3, n_test_good=2, n_test_per_defect=2, image_size=64)
@@ -37,6 +52,7 @@ def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict,
 
 def test_constants_are_consistent() -> None:
     assert 3 <= len(DEMO_CATEGORIES) <= 4
+    assert EXTRA_CATEGORIES == ("digits",) and not set(EXTRA_CATEGORIES) & set(DEMO_CATEGORIES)
     assert set(DEFECT_TYPES) == set(DEMO_CATEGORIES)
     for category, defects in DEFECT_TYPES.items():
         assert len(defects) >= 3, category
@@ -185,7 +201,7 @@ def test_normal_train_images_differ(small_dataset: tuple[Path, dict, list[int]])
 
 def test_defect_changes_exactly_the_masked_pixels() -> None:
     # Uses the private renderer to compare a defect image with its defect-free version.
-    from adx_runtime.synthetic import _render_sample
+    from adx_synth.writer import _render_sample
 
     for category in DEMO_CATEGORIES:
         for k, defect in enumerate(DEFECT_TYPES[category]):
@@ -205,7 +221,7 @@ def test_defect_changes_exactly_the_masked_pixels() -> None:
 
 
 def test_defect_sizes_vary() -> None:
-    from adx_runtime.synthetic import _render_sample
+    from adx_synth.writer import _render_sample
 
     n = 160
     areas = [
@@ -218,10 +234,9 @@ def test_defect_sizes_vary() -> None:
     assert max(areas) > 0.02 * n * n  # large ones: a few percent of the image
 
 
-
 def test_defects_are_visible() -> None:
     """Inside the mask the defect changes pixels by a visible amount (not just sensor noise)."""
-    from adx_runtime.synthetic import _render_sample
+    from adx_synth.writer import _render_sample
 
     for category in DEMO_CATEGORIES:
         for k, defect in enumerate(DEFECT_TYPES[category]):
@@ -230,3 +245,240 @@ def test_defects_are_visible() -> None:
                 change = np.abs(image.astype(np.int16) - clean.astype(np.int16)).max(axis=2)
                 mean_change = change[mask == 255].mean()
                 assert mean_change > 8.0, (category, defect, index, mean_change)
+
+
+# --------------------------------------------------------------------------------------------
+# Defect primitives: any size, (x, y) not swapped, ranges, seeded
+# --------------------------------------------------------------------------------------------
+
+SHAPE = (37, 53)  # (H, W): not square, so a swapped x and y shows
+
+
+def test_blob_alpha_is_a_disc_where_asked() -> None:
+    alpha = blob_alpha(np.random.default_rng(0), SHAPE, 6.0, irregular=0.0, centre=(40.0, 12.0))
+    assert alpha.shape == SHAPE and alpha.dtype == np.float32
+    assert alpha.min() == 0.0 and alpha.max() == 1.0
+    assert alpha[12, 40] == 1.0 and alpha[12, 40 - 8] == 0.0 and alpha[12 + 8, 40] == 0.0
+    assert abs(alpha.sum() - np.pi * 6.0**2) < 0.05 * np.pi * 6.0**2
+    cx, cy = alpha_centroid(alpha)
+    assert abs(cx - 40.0) < 0.05 and abs(cy - 12.0) < 0.05
+    assert alpha_centroid(np.zeros(SHAPE, np.float32)) == (53 / 2, 37 / 2)
+
+
+def test_blob_alpha_is_seeded_and_soft_edges_are_partial() -> None:
+    def blob(seed: int) -> np.ndarray:
+        return blob_alpha(np.random.default_rng(seed), SHAPE, 7.0, irregular=0.4, soft=0.5, aspect=2.0)
+
+    a, b, c = blob(3), blob(3), blob(4)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert ((a > 0.05) & (a < 0.95)).sum() > 20  # a soft rim, not a hard cut-out
+    assert 0.0 <= a.min() and a.max() <= 1.0
+
+
+def test_stroke_alpha_draws_a_line_of_the_given_width() -> None:
+    points = np.array([[5.0, 20.0], [45.0, 20.0]])
+    alpha = stroke_alpha(SHAPE, points, 3.0)
+    assert alpha.shape == SHAPE and alpha.dtype == np.float32
+    assert alpha[20, 25] == 1.0 and alpha[10, 25] == 0.0 and alpha[20, 50] == 0.0
+    assert abs(alpha.sum() - 40 * 3) < 0.1 * 40 * 3
+    blurred = stroke_alpha(SHAPE, points, 3.0, blur=2.0)
+    assert blurred[20, 25] < 1.0 and blurred[16, 25] > 0.0
+
+
+def test_random_walk_is_seeded_and_centred_on_its_start() -> None:
+    def walk(seed: int) -> np.ndarray:
+        return random_walk(np.random.default_rng(seed), SHAPE, 30.0, 0.1, step=1.5, start=(26.0, 18.0))
+
+    pts = walk(1)
+    assert pts.shape == (21, 2)  # int(30 / 1.5) steps, plus the start
+    assert np.allclose(np.linalg.norm(np.diff(pts, axis=0), axis=1), 1.5)
+    assert np.allclose((pts.max(axis=0) + pts.min(axis=0)) / 2, [26.0, 18.0])
+    assert np.array_equal(pts, walk(1)) and not np.array_equal(pts, walk(2))
+    inside = random_walk(np.random.default_rng(0), SHAPE, 10.0, 0.1)
+    assert np.all(inside >= 0) and np.all(inside[:, 0] < 53) and np.all(inside[:, 1] < 37)
+
+
+def test_bilinear_sample_and_bump_warp() -> None:
+    img = np.random.default_rng(0).random((*SHAPE, 3)).astype(np.float32)
+    yy, xx = np.mgrid[0:36, 0:52].astype(np.float32)  # the last row and column are clamped
+    assert np.allclose(bilinear_sample(img, xx, yy), img[:36, :52], atol=1e-6)
+    half = bilinear_sample(img, np.array([2.5]), np.array([4.0]))
+    assert np.allclose(half[0], (img[4, 2] + img[4, 3]) / 2, atol=1e-6)
+
+    warped = bump_warp(img, (30.0, 15.0), 8.0, 3.0, 0.0)
+    assert warped.shape == img.shape
+    d2 = (np.mgrid[0:37, 0:53][1] - 30.0) ** 2 + (np.mgrid[0:37, 0:53][0] - 15.0) ** 2
+    assert np.array_equal(warped[d2 >= 64], img[d2 >= 64])  # untouched outside the bump
+    assert np.allclose(warped[15, 30], img[15, 27], atol=1e-6)  # centre pulls from 3 px to the left
+
+
+def test_paint_tint_and_textured_fill() -> None:
+    rng = np.random.default_rng(5)
+    img = rng.random((*SHAPE, 3)).astype(np.float32)
+    alpha = np.zeros(SHAPE, np.float32)
+    alpha[10:20, 30:40] = 1.0
+    colour = np.array([0.1, 0.2, 0.9], np.float32)
+    painted = paint(img, alpha, colour)
+    assert np.array_equal(painted[alpha == 0], img[alpha == 0])
+    assert np.allclose(painted[alpha == 1], colour)
+    tinted = tint(img, alpha * 0.5, np.array([0.5, 1.0, 1.5], np.float32))
+    assert np.allclose(tinted[alpha == 1], img[alpha == 1] * [0.75, 1.0, 1.25])
+
+    fill = textured_fill(np.random.default_rng(1), SHAPE, colour, 0.2)
+    assert fill.shape == (*SHAPE, 3)
+    assert np.allclose(fill.mean(axis=(0, 1)), colour, rtol=1e-3)
+    assert abs(fill[..., 2].std() / 0.9 - 0.2) < 0.01
+    assert np.array_equal(fill, textured_fill(np.random.default_rng(1), SHAPE, colour, 0.2))
+
+
+def test_package_imports_without_torch_or_sklearn() -> None:
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import tempfile, adx_synth\n"
+        "d = tempfile.mkdtemp()\n"
+        "adx_synth.generate_demo_dataset(d, ['tile', 'digits'], n_train=1, n_test_good=1,"
+        " n_test_per_defect=1, image_size=32)\n"
+        "loaded = {m.split('.')[0] for m, v in sys.modules.items() if v is not None}\n"
+        "print(sorted(loaded & {'torch', 'timm', 'adexport', 'sklearn'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------------------------
+# Digits
+# --------------------------------------------------------------------------------------------
+
+DIGITS = dict(n_train=4, n_test_good=2, n_test_per_digit=2, image_size=28)
+
+
+def _nearest_digit(images: list[np.ndarray]) -> list[int]:
+    """Label images by the nearest of 30 references per digit drawn with unrelated seeds."""
+    refs = np.stack([render_digit(np.random.default_rng([99, d, i]), d).ravel()
+                     for d in range(10) for i in range(30)]).astype(np.float32)
+    labels = np.repeat(np.arange(10), 30)
+    x = np.stack([im.ravel() for im in images]).astype(np.float32)
+    dist = (x**2).sum(1)[:, None] - 2 * x @ refs.T + (refs**2).sum(1)[None]
+    return labels[dist.argmin(axis=1)].tolist()
+
+
+def _read(folder: Path) -> list[np.ndarray]:
+    out = []
+    for p in sorted(folder.glob("*.png")):
+        with Image.open(p) as im:
+            assert im.mode == "L" and im.size == (28, 28), p
+            out.append(np.asarray(im))
+    return out
+
+
+def test_digits_layout_and_content(tmp_path: Path) -> None:
+    summary = generate_digits(tmp_path, normal_digit=7, seed=0, **DIGITS)
+    cat = tmp_path / "digits"
+    others = [d for d in range(10) if d != 7]
+    assert summary == {"train/good": 4, "test/good": 2} | {f"test/digit_{d}": 2 for d in others}
+    assert sorted(p.name for p in cat.iterdir()) == ["test", "train"]  # no ground_truth
+    assert sorted(p.name for p in (cat / "test").iterdir()) == sorted(
+        ["good", *(f"digit_{d}" for d in others)])
+    assert sorted(p.name for p in (cat / "train" / "good").iterdir()) == [
+        "000.png", "001.png", "002.png", "003.png"]
+
+    normal = _read(cat / "train" / "good") + _read(cat / "test" / "good")
+    for im in normal:  # white ink on black, anti-aliased
+        assert im.max() == 255 and im[0, 0] == 0 and len(np.unique(im)) > 10
+    assert _nearest_digit(normal) == [7] * 6
+    anomalous = [(d, im) for d in others for im in _read(cat / "test" / f"digit_{d}")]
+    predicted = _nearest_digit([im for _, im in anomalous])
+    # 1-NN on raw pixels with few references: far above chance (0.1), not perfect.
+    assert np.mean([p == d for (d, _), p in zip(anomalous, predicted)]) >= 0.7
+
+    split = load_split(tmp_path, "digits")
+    assert len(split.train) == 4 and len(split.test) == 2 + 2 * 9
+    assert not split.has_masks and "ground_truth" in split.mask_note
+
+
+def test_digits_are_seeded_and_independent_of_the_normal_digit(tmp_path: Path) -> None:
+    a, b, c, d = (tmp_path / k for k in "abcd")
+    generate_digits(a, seed=3, **DIGITS)
+    generate_digits(b, seed=3, **DIGITS)
+    generate_digits(c, seed=4, **DIGITS)
+    generate_digits(d, seed=3, normal_digit=2, **DIGITS)
+    files_a, files_c = _files(a), _files(c)
+    assert len(files_a) == 4 + 2 + 2 * 9
+    assert files_a == _files(b)
+    assert files_a.keys() == files_c.keys() and all(files_a[k] != files_c[k] for k in files_a)
+    # The anomalous digit 3 is the same images whichever digit is normal.
+    assert _files(a / "digits" / "test" / "digit_3") == _files(d / "digits" / "test" / "digit_3")
+    # 1s vary: not the same shape shifted about.
+    ones = np.stack(_read(a / "digits" / "train" / "good")).astype(np.float32)
+    assert min(np.abs(ones[i] - ones[j]).mean() for i in range(4) for j in range(i + 1, 4)) > 5.0
+
+
+def test_digits_via_the_demo_dataset_and_at_64_px(tmp_path: Path) -> None:
+    calls: list[int] = []
+    summary = generate_demo_dataset(tmp_path, ["digits"], n_train=2, n_test_good=1, n_test_per_defect=1,
+                                    image_size=64, seed=0, progress=calls.append)
+    assert list(summary) == ["digits"] and summary["digits"]["train/good"] == 2
+    n_files = sum(1 for p in (tmp_path / "digits").rglob("*.png"))
+    assert n_files == len(calls) == count_demo_images(["digits"], n_train=2, n_test_good=1,
+                                                      n_test_per_defect=1) == 2 + 1 + 9
+    with Image.open(tmp_path / "digits" / "test" / "digit_0" / "000.png") as im:
+        assert im.mode == "L" and im.size == (64, 64)
+    # Normal = 1 through the demo entry point, as in RIAD's one-class MNIST experiment.
+    assert not (tmp_path / "digits" / "test" / "digit_1").exists()
+
+
+@pytest.mark.parametrize(
+    ("call", "name"),
+    [
+        (lambda root: generate_digits(root, normal_digit=10, **DIGITS), "normal_digit"),
+        (lambda root: generate_digits(root, **(DIGITS | {"image_size": 8})), "image_size"),
+        (lambda root: generate_digits(root, category="../x", **DIGITS), "category"),
+        (lambda root: generate_demo_dataset(root, ["digits", "tile"], image_size=28), "texture"),
+    ],
+)
+def test_digits_bad_arguments_raise_config_error(tmp_path: Path, call, name: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        call(tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.fixture(scope="module")
+def sklearn_digits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    pytest.importorskip("sklearn")
+    root = tmp_path_factory.mktemp("skd")
+    return root, write_sklearn_digits(root, normal_digit=1, seed=0)
+
+
+def test_sklearn_digits_layout_and_counts(sklearn_digits: tuple[Path, dict]) -> None:
+    from sklearn.datasets import load_digits
+
+    root, summary = sklearn_digits
+    per_digit = np.bincount(load_digits().target, minlength=10)
+    assert summary["train/good"] == round(per_digit[1] * 2 / 3)
+    assert summary["train/good"] + summary["test/good"] == per_digit[1]
+    assert {k: v for k, v in summary.items() if "digit_" in k} == {
+        f"test/digit_{d}": per_digit[d] for d in range(10) if d != 1}
+    cat = root / "sklearn_digits"
+    assert sorted(p.name for p in cat.iterdir()) == ["test", "train"]
+    for rel, count in summary.items():
+        assert len(list((cat / rel).glob("*.png"))) == count, rel
+    with Image.open(cat / "test" / "digit_0" / "000.png") as im:
+        assert im.mode == "L" and im.size == (28, 28)
+        assert np.asarray(im).max() > 200  # 0..16 scaled to 0..255, not left at 0..16
+
+
+def test_sklearn_digits_split_is_seeded(sklearn_digits: tuple[Path, dict], tmp_path: Path) -> None:
+    root, _ = sklearn_digits
+    write_sklearn_digits(tmp_path / "same", seed=0, image_size=28)
+    write_sklearn_digits(tmp_path / "other", seed=1, image_size=28)
+    train = "sklearn_digits/train/good"
+    assert _files(tmp_path / "same" / train) == _files(root / train)
+    assert set(_files(tmp_path / "other" / train).values()) != set(_files(root / train).values())
+
+
+def test_sklearn_digits_without_sklearn_says_how_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # import now fails
+    with pytest.raises(DependencyError, match="pip install"):
+        write_sklearn_digits(tmp_path)

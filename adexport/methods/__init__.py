@@ -1,4 +1,8 @@
-"""The one table of methods: name -> config, fit function and fitted class."""
+"""The one table of methods: name -> config, fit function and fitted class.
+
+A method whose config inherits :class:`adexport.training.TrainingOptions` is a trained network:
+``adx train`` gives its fit a checkpoint file and ``--resume``. The others fit in one pass.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,13 @@ class MethodEntry:
     config_cls: type
     fit: Callable[..., FittedMethod]
     fitted_cls: type[FittedMethod]
+
+    @property
+    def trained(self) -> bool:
+        """A network trained by the shared loop (epochs, optimiser, checkpoints), not a one-pass fit."""
+        from adexport.training import TrainingOptions  # noqa: PLC0415
+
+        return issubclass(self.config_cls, TrainingOptions)
 
 
 METHODS: dict[str, MethodEntry] = {

@@ -1,12 +1,21 @@
 """What every method provides, so training, saving, export and parity stay method-agnostic.
 
-A method module defines a config dataclass, a ``fit(config, samples, ...)`` function and a
+A method module defines a config dataclass, a ``fit(config, samples, ...)`` function (bank
+methods: one pass; trained networks: the shared loop in :mod:`adexport.training`) and a
 :class:`FittedMethod` subclass holding the fitted state:
 
-- ``graph()``: the plain ``nn.Module`` exported to ONNX, ``(B, 3, H, W) -> outputs``;
+- ``scoring_kind``: what the runtime adds after the graph (``knn``, ``gallery``, ``gaussian``,
+  ``map``); the runtime dispatches on it, never on the method name;
+- ``graph()``: the plain ``nn.Module`` exported to ONNX, ``(B, C, H, W) -> outputs``;
+- ``postprocess()``: the manifest's typed post-processing section (map grid or none, smoothing,
+  image-score rule);
 - ``reference(x)``: the full torch scoring (graph, kNN/density, map) that parity is checked against;
-- ``write_scoring_data(dir)``: the bank or statistics files and the manifest's ``scoring`` section;
+- ``write_scoring_data(dir, **options)``: scoring files and the kind-specific ``scoring`` section;
+- ``export_properties(**options)``: parity tolerance, whether fp16 engines are allowed, which
+  export options the method uses (others are refused);
 - ``tensors()`` / ``from_saved()``: the fitted state as safetensors (no pickle).
+
+A fitted method need not have a backbone (RIAD's U-Net has none): ``backbone`` is then ``None``.
 """
 
 from __future__ import annotations
@@ -22,29 +31,51 @@ from torch import nn
 
 from adexport.backbones import BackboneInfo, FeatureExtractor, create_backbone
 from adexport.data import Skipped, image_batches
-from adexport.methods.common import FitReport
+from adexport.methods.common import FitReport, reference_image_scores, reference_postprocess
 from adx_runtime.datasets import Sample
 from adx_runtime.errors import ConfigError
+from adx_runtime.postprocess import PostprocessSpec
 from adx_runtime.preprocess import PreprocessConfig
 from adx_runtime.progress import Progress
+
+#: Parity tolerances: max |torch - runtime| / max |torch| per quantity. Exact scoring differs from
+#: torch only by float32 rounding; approximate FAISS indices or float16 stores trade accuracy.
+TOLERANCE_EXACT = {"features": 1e-4, "image_scores": 1e-3, "maps": 1e-3}
+TOLERANCE_APPROXIMATE = {"features": 1e-4, "image_scores": 5e-2, "maps": 5e-2}
+TOLERANCE_FP16 = {"features": 2e-2, "image_scores": 5e-2, "maps": 5e-2}
+
+#: Export options a method may use; each method names the ones it honours, the rest are refused.
+EXPORT_OPTIONS = {"bank": "--bank", "index_type": "--index-type"}
+
+
+@dataclass(frozen=True)
+class ExportProperties:
+    """What a method declares about its export, instead of side effects in the export code."""
+
+    tolerance: dict[str, float]  # parity tolerances for this configuration
+    fp16: bool = True  # whether float16 TensorRT engines are allowed
+    fp16_reason: str = ""  # why not, when not
+    options: frozenset[str] = frozenset()  # export options (EXPORT_OPTIONS keys) the method honours
 
 
 @dataclass
 class Reference:
-    """Torch scores of a batch: graph outputs, raw image scores ``(B,)`` and maps ``(B, H, W)``."""
+    """Torch scores of a batch: graph outputs, raw image scores ``(B,)`` and maps ``(B, H, W)``
+    (``None`` for image-level-only methods)."""
 
     outputs: dict[str, torch.Tensor]
     image_scores: torch.Tensor
-    anomaly_maps: torch.Tensor
+    anomaly_maps: torch.Tensor | None
 
 
 class FittedMethod(ABC):
     """Fitted state of one method plus what every method records."""
 
     name: ClassVar[str]
+    scoring_kind: ClassVar[str]  # knn | gallery | gaussian | map: the runtime's scorer
     output_names: ClassVar[tuple[str, ...]]
 
-    def __init__(self, config: Any, preprocess: PreprocessConfig, backbone: BackboneInfo):
+    def __init__(self, config: Any, preprocess: PreprocessConfig, backbone: BackboneInfo | None):
         self.config = config
         self.preprocess = preprocess
         self.backbone = backbone
@@ -56,13 +87,22 @@ class FittedMethod(ABC):
     def graph(self) -> nn.Module: ...
 
     @abstractmethod
+    def postprocess(self) -> PostprocessSpec:
+        """The manifest's ``postprocess`` section: map grid (or none), smoothing, image-score rule."""
+
+    @abstractmethod
     def reference(self, x: torch.Tensor, *, exact: bool = True) -> Reference:
-        """Torch scores of ``x (B, 3, H, W)``; ``exact=False`` may trade float32 rounding for speed."""
+        """Torch scores of ``x (B, C, H, W)``; ``exact=False`` may trade float32 rounding for speed."""
 
     @abstractmethod
     def write_scoring_data(self, bundle_dir: Path, **options: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """Write scoring files into ``bundle_dir``; return the manifest ``scoring`` section and
-        the ``files`` entries of what was written."""
+        """Write scoring files into ``bundle_dir``; return the kind-specific manifest ``scoring``
+        section (without ``kind``) and the ``files`` entries of what was written."""
+
+    def export_properties(self, **options: Any) -> ExportProperties:
+        """Parity tolerance, fp16 permission and honoured options for these export options.
+        Default: exact scoring, fp16 allowed, no options."""
+        return ExportProperties(TOLERANCE_EXACT)
 
     @abstractmethod
     def tensors(self) -> dict[str, torch.Tensor]: ...
@@ -75,10 +115,13 @@ class FittedMethod(ABC):
         """Dynamic axes of each graph output (the batch axis by default)."""
         return {name: {0: "batch"} for name in self.output_names}
 
-    @property
-    def exact_scoring(self) -> bool:
-        """Whether the runtime's scoring is exact (sets the default parity tolerance)."""
-        return True
+    def reference_maps(self, patch_maps: torch.Tensor) -> torch.Tensor:
+        """Raw ``(B, h, w)`` maps -> final ``(B, H, W)`` by this method's post-processing, in torch."""
+        return reference_postprocess(patch_maps, self.postprocess(), self.preprocess.input_size)
+
+    def reference_image_scores(self, maps: torch.Tensor) -> torch.Tensor:
+        """The post-processing image-score rule over final maps, in torch."""
+        return reference_image_scores(maps, self.postprocess())
 
 
 def backbone_and_preprocess(config: Any) -> tuple[FeatureExtractor, PreprocessConfig]:

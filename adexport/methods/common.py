@@ -1,4 +1,4 @@
-"""Torch pieces shared by methods: the reference map post-processing, exact kNN, channel pooling.
+"""Torch pieces shared by methods: the reference post-processing, exact kNN, channel pooling.
 
 The runtime computes the same quantities with numpy/FAISS (``adx_runtime.postprocess``,
 ``adx_runtime.knn``); these independent torch versions are what the export parity check holds
@@ -9,24 +9,49 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from adx_runtime.postprocess import gaussian_kernel, gaussian_radius
+from adx_runtime.postprocess import PostprocessSpec, gaussian_kernel, gaussian_radius
 
 
 def anomaly_map(patch_maps: torch.Tensor, out_size: tuple[int, int], sigma: float) -> torch.Tensor:
     """``(B, h, w) -> (B, H, W)``: bilinear upsampling (half-pixel centres), then a separable Gaussian
     with reflect padding."""
-    m = F.interpolate(patch_maps[:, None].float(), size=out_size, mode="bilinear", align_corners=False)
-    if sigma > 0:
-        H, W = out_size
-        rh, rw = gaussian_radius(sigma, H), gaussian_radius(sigma, W)
-        kh = torch.from_numpy(gaussian_kernel(sigma, rh)).float().view(1, 1, -1, 1)
-        kw = torch.from_numpy(gaussian_kernel(sigma, rw)).float().view(1, 1, 1, -1)
-        m = F.conv2d(F.pad(m, (0, 0, rh, rh), mode="reflect"), kh)
-        m = F.conv2d(F.pad(m, (rw, rw, 0, 0), mode="reflect"), kw)
+    return reference_postprocess(patch_maps, PostprocessSpec.gaussian((1, 1), sigma), out_size)
+
+
+def _separable(m: torch.Tensor, kh: np.ndarray, kw: np.ndarray) -> torch.Tensor:
+    rh, rw = len(kh) // 2, len(kw) // 2
+    m = F.conv2d(F.pad(m, (0, 0, rh, rh), mode="reflect"), torch.from_numpy(kh).float().view(1, 1, -1, 1))
+    return F.conv2d(F.pad(m, (rw, rw, 0, 0), mode="reflect"), torch.from_numpy(kw).float().view(1, 1, 1, -1))
+
+
+def reference_postprocess(patch_maps: torch.Tensor, spec: PostprocessSpec, out_size: tuple[int, int]) -> torch.Tensor:
+    """``(B, h, w) -> (B, H, W)``: bilinear upsampling (half-pixel centres), then the spec's
+    smoothing as a convolution with reflect padding (the runtime folds both into matrices)."""
+    m = patch_maps[:, None].float()
+    if tuple(m.shape[-2:]) != tuple(out_size):
+        m = F.interpolate(m, size=out_size, mode="bilinear", align_corners=False)
+    H, W = out_size
+    if spec.smoothing == "gaussian":
+        s = float(spec.sigma)  # type: ignore[arg-type]
+        m = _separable(m, gaussian_kernel(s, gaussian_radius(s, H)), gaussian_kernel(s, gaussian_radius(s, W)))
+    elif spec.smoothing == "mean":
+        rh, rw = min(int(spec.size) // 2, H - 1), min(int(spec.size) // 2, W - 1)  # type: ignore[arg-type]
+        m = _separable(m, np.full(2 * rh + 1, 1.0 / (2 * rh + 1)), np.full(2 * rw + 1, 1.0 / (2 * rw + 1)))
     return m[:, 0]
+
+
+def reference_image_scores(maps: torch.Tensor, spec: PostprocessSpec) -> torch.Tensor:
+    """The image-score rule over final maps ``(B, H, W)`` -> ``(B,)``."""
+    flat = maps.flatten(1)
+    if spec.image_score == "max":
+        return flat.max(dim=1).values
+    if spec.image_score == "mean_top_k":
+        return torch.topk(flat, min(int(spec.top_k), flat.shape[1]), dim=1).values.double().mean(dim=1).float()  # type: ignore[arg-type]
+    raise ValueError("image score rule 'scorer': the method computes its own image score")
 
 
 def nearest(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, *, exact: bool = True,
@@ -65,6 +90,7 @@ class FitReport:
     phases: dict[str, float] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason) not decodable
+    loss_history: list[float] = field(default_factory=list)  # mean training loss per epoch (trained methods)
 
     @property
     def total(self) -> float:

@@ -30,12 +30,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from adexport.backbones import DEFAULT_BACKBONE, BackboneInfo, FeatureExtractor, build_architecture
-from adexport.methods.base import (FittedMethod, Reference, backbone_and_preprocess, config_from_dict,
-                                   graph_tensors, load_graph_tensors, run_graph)
-from adexport.methods.common import anomaly_map
+from adexport.methods.base import (TOLERANCE_APPROXIMATE, TOLERANCE_EXACT, ExportProperties, FittedMethod, Reference,
+                                   backbone_and_preprocess, config_from_dict, graph_tensors, load_graph_tensors,
+                                   run_graph)
 from adx_runtime.bundle import file_entry
 from adx_runtime.datasets import Sample
 from adx_runtime.errors import ConfigError
+from adx_runtime.postprocess import PostprocessSpec
 from adx_runtime.preprocess import PreprocessConfig
 from adx_runtime.progress import SILENT, Progress
 
@@ -44,16 +45,16 @@ STORE_DTYPES = ("float32", "float16")
 
 @dataclass
 class PadimConfig:
-    backbone: str = DEFAULT_BACKBONE
-    weights: str = "auto"
+    backbone: str = DEFAULT_BACKBONE  # timm name; efficientnet_lite0 has offline weights
+    weights: str = "auto"  # auto | offline | timm | random | path to a weights file
     layers: tuple[int | str, ...] = (1, 2, 3)  # the first three stages (strides 4, 8, 16)
-    image_size: int = 256
-    interpolation: str = "bilinear"
+    image_size: int = 256  # square input side after resize
+    interpolation: str = "bilinear"  # resize filter, recorded in the manifest
     n_features: int = 100  # d: random channel subset (seed 001 used 250 of wide_resnet50_2's 1792)
     epsilon: float = 0.01  # covariance regularisation eps * I (the paper's value)
-    blur_sigma: float = 4.0
+    blur_sigma: float = 4.0  # Gaussian smoothing of the upsampled map, in pixels
     store_dtype: str = "float32"  # precision of the Cholesky factors in the bundle
-    seed: int = 0
+    seed: int = 0  # random channel subset; weights when weights=random
 
     def __post_init__(self) -> None:
         if self.n_features < 1:
@@ -108,6 +109,7 @@ def gaussian_fit(embeddings: torch.Tensor, epsilon: float) -> tuple[torch.Tensor
 
 class FittedPadim(FittedMethod):
     name = "padim"
+    scoring_kind = "gaussian"
     output_names = ("embedding",)
 
     def __init__(self, config: PadimConfig, preprocess: PreprocessConfig, graph: PadimGraph,
@@ -127,8 +129,14 @@ class FittedPadim(FittedMethod):
         chol = self.chol if exact else self.chol.float()
         y = torch.einsum("bpd,pde->bpe", diff, chol)
         dist = y.pow(2).sum(-1).sqrt().float()  # (B, P)
-        maps = anomaly_map(dist.view(len(x), *self._graph.grid), self.preprocess.input_size, self.config.blur_sigma)
-        return Reference({"embedding": emb}, maps.flatten(1).max(dim=1).values, maps)
+        maps = self.reference_maps(dist.view(len(x), *self._graph.grid))
+        return Reference({"embedding": emb}, self.reference_image_scores(maps), maps)
+
+    def postprocess(self) -> PostprocessSpec:
+        return PostprocessSpec.gaussian(self._graph.grid, self.config.blur_sigma, image_score="max")
+
+    def export_properties(self, **_: Any) -> ExportProperties:
+        return ExportProperties(TOLERANCE_EXACT if self.config.store_dtype == "float32" else TOLERANCE_APPROXIMATE)
 
     def write_scoring_data(self, bundle_dir: Path, **_: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         dtype = np.dtype(self.config.store_dtype)
@@ -143,17 +151,10 @@ class FittedPadim(FittedMethod):
         })
         scoring = {
             "embedding_output": "embedding",
-            "patch_grid": list(self._graph.grid),
-            "blur_sigma": self.config.blur_sigma,
-            "image_score": "max of the smoothed Mahalanobis map",
             "gaussian": {"file": name, "form": "cholesky-of-inverse, packed lower triangle (numpy tril_indices order)",
                          "dtype": dtype.name, "positions": P, "dim": d, "epsilon": self.config.epsilon},
         }
         return scoring, [entry]
-
-    @property
-    def exact_scoring(self) -> bool:
-        return self.config.store_dtype == "float32"
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {**graph_tensors(self._graph), "mean": self.mean, "chol": self.chol}

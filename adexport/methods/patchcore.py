@@ -25,13 +25,15 @@ from torch import nn
 
 from adexport.backbones import DEFAULT_BACKBONE, BackboneInfo, FeatureExtractor, build_architecture
 from adexport.coreset import greedy_coreset
-from adexport.methods.base import (FittedMethod, Reference, backbone_and_preprocess, config_from_dict,
-                                   graph_tensors, load_graph_tensors, run_graph)
-from adexport.methods.common import anomaly_map, channel_pool_matrix, nearest
+from adexport.methods.base import (TOLERANCE_APPROXIMATE, TOLERANCE_EXACT, ExportProperties, FittedMethod, Reference,
+                                   backbone_and_preprocess, config_from_dict, graph_tensors, load_graph_tensors,
+                                   run_graph)
+from adexport.methods.common import channel_pool_matrix, nearest
 from adx_runtime.bundle import file_entry
 from adx_runtime.datasets import Sample
 from adx_runtime.errors import ConfigError, ExportError
 from adx_runtime.knn import import_faiss
+from adx_runtime.postprocess import PostprocessSpec
 from adx_runtime.preprocess import PreprocessConfig
 from adx_runtime.progress import SILENT, Progress
 
@@ -48,7 +50,7 @@ class PatchCoreConfig:
     projection_dim: int = 128  # random projection used only while selecting the coreset
     num_neighbors: int = 3  # b of eq. 7 (image-score reweighting); 1 disables it
     blur_sigma: float = 4.0  # Gaussian smoothing of the upsampled map, in pixels
-    seed: int = 0
+    seed: int = 0  # random projection and coreset start; weights when weights=random
 
     def __post_init__(self) -> None:
         if not 0.0 < self.coreset_ratio <= 1.0:
@@ -101,8 +103,13 @@ class PatchCoreGraph(nn.Module):
         return z
 
 
+def _exact_index(bank: str, index_type: str) -> bool:
+    return bank == "npz" or index_type.replace(" ", "") in ("Flat", "IDMap,Flat")
+
+
 class FittedPatchCore(FittedMethod):
     name = "patchcore"
+    scoring_kind = "knn"
     output_names = ("patch_features",)
 
     def __init__(self, config: PatchCoreConfig, preprocess: PreprocessConfig, graph: PatchCoreGraph,
@@ -132,8 +139,16 @@ class FittedPatchCore(FittedMethod):
             image = (1.0 - torch.softmax(d, dim=1)[:, 0]) * s_star
         else:
             image = s_star
-        maps = anomaly_map(patch.view(B, *self._graph.grid), self.preprocess.input_size, self.config.blur_sigma)
+        maps = self.reference_maps(patch.view(B, *self._graph.grid))
         return Reference({"patch_features": feats}, image, maps)
+
+    def postprocess(self) -> PostprocessSpec:
+        return PostprocessSpec.gaussian(self._graph.grid, self.config.blur_sigma, image_score="scorer")
+
+    def export_properties(self, *, bank: str = "faiss", index_type: str = "Flat", **_: Any) -> ExportProperties:
+        exact = _exact_index(bank, index_type)
+        return ExportProperties(TOLERANCE_EXACT if exact else TOLERANCE_APPROXIMATE,
+                                options=frozenset({"bank", "index_type"}))
 
     def write_scoring_data(self, bundle_dir: Path, *, bank: str = "faiss", index_type: str = "Flat",
                            **_: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -153,29 +168,22 @@ class FittedPatchCore(FittedMethod):
                 ) from None
             name = "memory_bank.faiss"
             faiss.write_index(index, str(bundle_dir / name))
-            exact = index_type.replace(" ", "") in ("Flat", "IDMap,Flat")
             entry = file_entry(bundle_dir, name, "faiss-index", shape=[M, D], dtype="float32")
         elif bank == "npz":
             name = "memory_bank.npz"
             np.savez(bundle_dir / name, memory_bank=vectors)
-            index_type, exact = "numpy-exact", True
+            index_type = "numpy-exact"
             entry = file_entry(bundle_dir, name, "npz", arrays={"memory_bank": {"shape": [M, D], "dtype": "float32"}})
         else:
             raise ConfigError(f"bank format {bank!r} is not known; valid: faiss, npz")
-        self._exact = exact
         scoring = {
             "feature_output": "patch_features",
-            "patch_grid": list(self._graph.grid),
             "num_neighbors": self.config.num_neighbors,
-            "blur_sigma": self.config.blur_sigma,
             "image_score": "eq. 7 reweighted max patch distance",
-            "bank": {"file": name, "format": bank, "index_type": index_type, "size": M, "dim": D, "exact": exact},
+            "bank": {"file": name, "format": bank, "index_type": index_type, "size": M, "dim": D,
+                     "exact": _exact_index(bank, index_type)},
         }
         return scoring, [entry]
-
-    @property
-    def exact_scoring(self) -> bool:
-        return getattr(self, "_exact", True)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {**graph_tensors(self._graph), "memory_bank": self.memory_bank}

@@ -24,13 +24,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from adexport.backbones import DEFAULT_BACKBONE, BackboneInfo, FeatureExtractor, build_architecture
-from adexport.methods.base import (FittedMethod, Reference, backbone_and_preprocess, config_from_dict,
-                                   graph_tensors, load_graph_tensors, run_graph)
-from adexport.methods.common import anomaly_map
+from adexport.methods.base import (TOLERANCE_APPROXIMATE, TOLERANCE_EXACT, ExportProperties, FittedMethod, Reference,
+                                   backbone_and_preprocess, config_from_dict, graph_tensors, load_graph_tensors,
+                                   run_graph)
 from adx_runtime.bundle import file_entry
 from adx_runtime.datasets import Sample
 from adx_runtime.errors import ConfigError
 from adx_runtime.knn import import_faiss
+from adx_runtime.postprocess import PostprocessSpec
 from adx_runtime.preprocess import PreprocessConfig
 from adx_runtime.progress import SILENT, Progress
 
@@ -39,16 +40,16 @@ STORE_DTYPES = ("float32", "float16")
 
 @dataclass
 class SpadeConfig:
-    backbone: str = DEFAULT_BACKBONE
-    weights: str = "auto"
+    backbone: str = DEFAULT_BACKBONE  # timm name; efficientnet_lite0 has offline weights
+    weights: str = "auto"  # auto | offline | timm | random | path to a weights file
     layers: tuple[int | str, ...] = (1, 2, 3, 4)  # maps from all but the last; the last gives the image feature
-    image_size: int = 256
-    interpolation: str = "bilinear"
+    image_size: int = 256  # square input side after resize
+    interpolation: str = "bilinear"  # resize filter, recorded in the manifest
     map_stride: int = 8  # resolution of the pixel-level feature map (32 x 32 at 256 px)
     k: int = 50  # nearest training images (seed 001: k = 50), capped at the gallery size
-    blur_sigma: float = 4.0
+    blur_sigma: float = 4.0  # Gaussian smoothing of the upsampled map, in pixels
     store_dtype: str = "float32"  # precision of the stored training feature maps
-    seed: int = 0
+    seed: int = 0  # weights when weights=random
 
     def __post_init__(self) -> None:
         if len(self.layers) < 2:
@@ -88,6 +89,7 @@ class SpadeGraph(nn.Module):
 
 class FittedSpade(FittedMethod):
     name = "spade"
+    scoring_kind = "gallery"
     output_names = ("image_feature", "feature_map")
 
     def __init__(self, config: SpadeConfig, preprocess: PreprocessConfig, graph: SpadeGraph,
@@ -116,8 +118,14 @@ class FittedSpade(FittedMethod):
             gallery = self.feature_maps[ids[b]].reshape(-1, fmap.shape[-1]).to(dtype)  # (k * h*w, D)
             pixel.append(torch.cdist(fmap[b].to(dtype), gallery).min(dim=1).values.float())
         patch = torch.stack(pixel).view(len(x), *self._graph.grid)
-        maps = anomaly_map(patch, self.preprocess.input_size, self.config.blur_sigma)
+        maps = self.reference_maps(patch)
         return Reference({"image_feature": image_feature, "feature_map": fmap}, image_scores, maps)
+
+    def postprocess(self) -> PostprocessSpec:
+        return PostprocessSpec.gaussian(self._graph.grid, self.config.blur_sigma, image_score="scorer")
+
+    def export_properties(self, **_: Any) -> ExportProperties:
+        return ExportProperties(TOLERANCE_EXACT if self.config.store_dtype == "float32" else TOLERANCE_APPROXIMATE)
 
     def write_scoring_data(self, bundle_dir: Path, **_: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         faiss = import_faiss()
@@ -137,8 +145,6 @@ class FittedSpade(FittedMethod):
         scoring = {
             "image_output": "image_feature",
             "map_output": "feature_map",
-            "patch_grid": list(self._graph.grid),
-            "blur_sigma": self.config.blur_sigma,
             "k": self.k,
             "image_score": "mean distance to the k nearest training images",
             "gallery": {"images_file": "gallery_images.faiss", "maps_file": "gallery_maps.npz", "images": N,
@@ -146,10 +152,6 @@ class FittedSpade(FittedMethod):
                         "bytes_per_image": int(maps[0].nbytes + C * 4)},
         }
         return scoring, files
-
-    @property
-    def exact_scoring(self) -> bool:
-        return self.config.store_dtype == "float32"
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {**graph_tensors(self._graph), "image_features": self.image_features, "feature_maps": self.feature_maps}

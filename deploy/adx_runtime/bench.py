@@ -4,16 +4,16 @@ For each batch size: warm-up batches, then timed batches of real image files, ea
 decode+preprocess, graph (ONNX Runtime), scoring (bank search or density) and post-processing
 (upsample + blur). Latency percentiles are per batch and per image; throughput is images per
 second of wall time. Also: peak resident memory of the process, the bundle's size on disk and the
-providers actually used. ``--compare`` runs a second bundle in its own process (so its memory is
-its own) and prints both side by side with ratios.
+providers actually used. ``--compare`` runs each bundle in its own fresh process of this runtime
+(so each one's memory is its own) and prints both side by side with ratios.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
+import multiprocessing
+import queue as queue_module
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from adx_runtime.errors import ConfigError
+from adx_runtime.errors import AdxError, ConfigError
 from adx_runtime.images import IMAGE_SUFFIXES
 from adx_runtime.predictor import STAGES, Predictor
 from adx_runtime.progress import SILENT, Progress
@@ -45,7 +45,7 @@ def default_images(predictor: Predictor, n: int = 16) -> tuple[list[Path], str]:
     recorded = [p for p in recorded if p.is_file()]
     if recorded:
         return recorded, "the bundle's parity images (recorded at training)"
-    from adx_runtime.synthetic import generate_demo_dataset  # noqa: PLC0415
+    from adx_synth import generate_demo_dataset  # noqa: PLC0415
 
     tmp = Path(tempfile.mkdtemp(prefix="adx-bench-"))
     generate_demo_dataset(tmp, ["weave"], n_train=n, n_test_good=1, n_test_per_defect=1, image_size=160)
@@ -144,15 +144,43 @@ def run_bench(
     }
 
 
-def bench_in_subprocess(bundle: str | Path, args: list[str]) -> dict[str, Any]:
-    """Run ``adx bench`` on ``bundle`` in a fresh process (clean memory figures) and read its JSON."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "bench.json"
-        cmd = [sys.executable, "-m", "adx_cli", "bench", str(bundle), "--json", str(out), "--quiet", *args]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise ConfigError(f"benchmark of {bundle} failed: {proc.stderr.strip()[-2000:]}")
-        return json.loads(out.read_text())
+def _bench_worker(bundle: str, kwargs: dict[str, Any], queue: Any) -> None:
+    try:
+        queue.put(("ok", run_bench(bundle, **kwargs)))
+    except AdxError as exc:
+        queue.put(("error", str(exc)))
+    except BaseException as exc:  # anything else still has to come back as a message
+        queue.put(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def bench_in_subprocess(bundle: str | Path, **kwargs: Any) -> dict[str, Any]:
+    """:func:`run_bench` in a fresh process of this runtime (``spawn``: nothing inherited, so the
+    memory figures are the bundle's own); same keyword arguments, without ``progress``."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_bench_worker, args=(str(bundle), kwargs, queue), daemon=True)
+    proc.start()
+    try:
+        while True:
+            try:
+                status, payload = queue.get(timeout=1.0)
+                break
+            except queue_module.Empty:
+                if not proc.is_alive():  # died without a word (killed, out of memory, a crash)
+                    status, payload = "error", f"the benchmark process exited with code {proc.exitcode}"
+                    break
+    finally:
+        proc.join()
+    if status != "ok":
+        raise ConfigError(f"benchmark of {bundle} failed: {payload}")
+    return payload
+
+
+def compare_bundles(a: str | Path, b: str | Path, **kwargs: Any) -> tuple[dict[str, Any], str]:
+    """Benchmark two bundles, each in its own process; returns ``{"a", "b"}`` and the text with
+    both reports and the side-by-side ratios."""
+    ra, rb = bench_in_subprocess(a, **kwargs), bench_in_subprocess(b, **kwargs)
+    return {"a": ra, "b": rb}, "\n".join([format_report(ra), format_report(rb), format_comparison(ra, rb)])
 
 
 def format_report(r: dict[str, Any]) -> str:

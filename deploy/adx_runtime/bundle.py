@@ -20,8 +20,19 @@ from typing import Any, Iterator
 from adx_runtime.errors import BundleError
 
 BUNDLE_FORMAT = "adexport-bundle"
-SCHEMA_VERSION = 1
+#: Version 2 (this release): ``scoring.kind`` names the scorer; one typed ``postprocess`` section;
+#: ``input.colour`` may be L (1 channel). Version 1 bundles (adexport 0.1.0) are read by upgrading
+#: their manifest in memory (:func:`upgrade_v1`); the files on disk are not touched.
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
 MANIFEST = "manifest.json"
+
+#: What each schema-1 method scored with, and how its image score was made.
+_V1_METHODS = {
+    "patchcore": ("knn", "scorer"),
+    "spade": ("gallery", "scorer"),
+    "padim": ("gaussian", "max"),
+}
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -55,19 +66,54 @@ def read_manifest(bundle_dir: str | Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{str(path)!r} is not an adexport manifest (format field is not {BUNDLE_FORMAT!r})")
     version = manifest.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if type(version) is not int or version not in READABLE_SCHEMAS:
         hint = (
-            "upgrade adexport on this machine" if isinstance(version, int) and version > SCHEMA_VERSION
-            else "re-export it with this adexport version (`adx export`)"
+            "upgrade adexport on this machine" if type(version) is int and version > SCHEMA_VERSION
+            else "re-export it with this adexport version (`adx export MODEL_FOLDER --out BUNDLE`)"
         )
         raise BundleError(
-            f"bundle {str(root)!r} has manifest schema version {version!r}; this runtime "
-            f"(adexport {manifest.get('adexport_version', '?')} wrote it) reads version {SCHEMA_VERSION} only: {hint}"
+            f"bundle {str(root)!r} has manifest schema version {version!r} (written by adexport "
+            f"{manifest.get('adexport_version', '?')}); this runtime reads versions "
+            f"{', '.join(map(str, READABLE_SCHEMAS))}: {hint}"
         )
     for key in ("method", "input", "graph", "files", "scoring"):
         if key not in manifest:
             raise BundleError(f"{str(path)!r} lacks the required section {key!r}; re-export the bundle")
+    if version == 1:
+        manifest = upgrade_v1(manifest, root)
+    elif "postprocess" not in manifest or not isinstance(manifest["scoring"], dict) or "kind" not in manifest["scoring"]:
+        raise BundleError(f"{str(path)!r} lacks scoring.kind or the postprocess section; re-export the bundle")
     return manifest
+
+
+def upgrade_v1(manifest: dict[str, Any], root: Path) -> dict[str, Any]:
+    """A schema-1 manifest -> the schema-2 form, in memory. Schema 1 dispatched on the method name
+    and kept ``blur_sigma`` and ``patch_grid`` in ``scoring``; everything else reads as it was."""
+    method = manifest.get("method")
+    if method not in _V1_METHODS:
+        raise BundleError(
+            f"bundle {str(root)!r} is schema 1 with method {method!r}, which schema 1 never had; "
+            "re-export it with this adexport version (`adx export MODEL_FOLDER --out BUNDLE`)"
+        )
+    kind, rule = _V1_METHODS[method]
+    scoring = dict(manifest["scoring"])
+    try:
+        grid = tuple(int(v) for v in scoring["patch_grid"])
+        sigma = float(scoring["blur_sigma"])
+    except (KeyError, TypeError, ValueError):
+        raise BundleError(
+            f"bundle {str(root)!r} (schema 1) lacks scoring.patch_grid or scoring.blur_sigma; re-export it with "
+            "this adexport version (`adx export MODEL_FOLDER --out BUNDLE`)"
+        ) from None
+    scoring["kind"] = kind
+    upgraded = dict(manifest, scoring=scoring)
+    upgraded["postprocess"] = {
+        "map": True, "patch_grid": list(grid), "upsample": "bilinear (half-pixel centres) to the input size",
+        "smoothing": {"type": "gaussian", "sigma": sigma} if sigma > 0 else {"type": "none"},
+        "image_score": {"rule": rule},
+    }
+    upgraded["upgraded_from_schema"] = 1
+    return upgraded
 
 
 def verify_files(bundle_dir: str | Path, manifest: dict[str, Any]) -> None:

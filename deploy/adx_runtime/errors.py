@@ -45,3 +45,7 @@ class ProviderError(AdxError):
 
 class ExportError(AdxError):
     """Export failed (for example the parity check was above its tolerance)."""
+
+
+class Interrupted(AdxError):
+    """Long work stopped by Ctrl-C; the message says what was kept and how to go on."""

@@ -109,7 +109,10 @@ def evaluate(
     split: CategorySplit = load_split(dataset, category, need_test=True)
     pred = predictor or Predictor.load(bundle, device=device, bank_device=bank_device, threshold=threshold)
     notes: list[str] = []
-    if not split.has_masks:
+    use_masks = split.has_masks and pred.has_map
+    if not pred.has_map:
+        notes.append(f"pixel metrics skipped: the {pred.method} bundle scores whole images and has no anomaly map")
+    elif not split.has_masks:
         notes.append(f"pixel metrics skipped: {split.mask_note}")
     records = [ImageRecord(str(s.path), s.defect, s.label) for s in split.test]
     maps: list[np.ndarray] = []
@@ -123,9 +126,10 @@ def evaluate(
                 notes.append(f"not scored: {rec.path}: {res.error}")
                 continue
             rec.score, rec.normalized, rec.predicted = res.image_score, res.normalized_score, res.label
-            assert res.anomaly_map is not None
+            if res.anomaly_map is None:
+                continue
             maps.append(res.anomaly_map)
-            if split.has_masks:
+            if use_masks:
                 if sample.mask_path is None:
                     mask = np.zeros(res.anomaly_map.shape, bool)
                 else:
@@ -180,6 +184,36 @@ def evaluate(
     return Evaluation(
         bundle=str(pred.bundle_dir), method=pred.method, category=split.category, dataset=str(split.root),
         threshold=pred.image_threshold, pixel_threshold=pred.pixel_threshold, records=records, metrics=result,
-        per_kind=per_kind, notes=notes, manifest_sha256=manifest_sha, has_masks=split.has_masks,
+        per_kind=per_kind, notes=notes, manifest_sha256=manifest_sha, has_masks=use_masks,
         maps=maps_arr, masks=masks_arr,
     )
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def format_evaluation(ev: Evaluation) -> str:
+    """A readable table: overall metrics, then one row per defect type and for good, then notes."""
+    m = ev.metrics
+    lines = [f"{ev.method} on {ev.category}: {m['n_images']} test images scored"
+             + (f", {m['n_failed']} failed" if m["n_failed"] else "")]
+    rows = [("image AUROC", m.get("image_auroc")), ("image F1-max", m.get("image_f1_max"))]
+    if ev.has_masks:
+        rows += [("pixel AUROC", m.get("pixel_auroc")), ("AUPRO (FPR<=0.3)", m.get("aupro")),
+                 ("pixel F1-max", m.get("pixel_f1_max"))]
+    lines += [f"  {name:<18} {_fmt(value)}" for name, value in rows]
+    t = m["at_threshold"]
+    lines.append(f"  at the bundle threshold {t['threshold']:.4g}: detected {t['true_positive_rate']:.1%} of anomalous, "
+                 f"flagged {t['false_positive_rate']:.1%} of good")
+    header = f"  {'kind':<14} {'n':>4} {'mean score':>11} {'flagged':>8} {'img AUROC':>10}"
+    if ev.has_masks:
+        header += f" {'pix AUROC':>10} {'AUPRO':>8}"
+    lines.append(header)
+    for kind, e in ev.per_kind.items():
+        line = f"  {kind:<14} {e['n']:>4} {e['mean_score']:>11.4g} {e['flagged_rate']:>8.1%} {_fmt(e.get('image_auroc')):>10}"
+        if ev.has_masks:
+            line += f" {_fmt(e.get('pixel_auroc')):>10} {_fmt(e.get('aupro')):>8}"
+        lines.append(line)
+    lines += [f"  note: {note}" for note in ev.notes]
+    return "\n".join(lines)

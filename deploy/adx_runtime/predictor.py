@@ -1,7 +1,12 @@
 """``Predictor.load(bundle)`` then ``predict(images)``: the torch-free scoring path.
 
-image files -> decode + preprocess -> ONNX Runtime graph -> scorer (kNN / density) ->
-upsample + blur -> raw and normalised scores and maps, labels from the threshold.
+image files -> decode + preprocess -> ONNX Runtime graph -> scorer (picked by the manifest's
+scoring kind) -> post-processing (the manifest's ``postprocess`` section: upsample, smoothing,
+image-score rule) -> raw and normalised scores and maps, labels from the threshold.
+
+Maps are optional: a method that scores whole images only has ``anomaly_maps = None``.
+Maps come at the model's input size; :func:`adx_runtime.preprocess.map_to_original` brings one
+back onto the image as it was sent (``FileResult.size``).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from adx_runtime import calibration
 from adx_runtime.bundle import load_manifest
 from adx_runtime.errors import BundleError, ConfigError, ImageDecodeError
 from adx_runtime.images import decode_image
-from adx_runtime.postprocess import MapPostprocessor
+from adx_runtime.postprocess import MapPostprocessor, PostprocessSpec, image_scores_from_maps
 from adx_runtime.preprocess import PreprocessConfig, preprocess_image, stack
 from adx_runtime.scorers import create_scorer
 from adx_runtime.sessions import create_session, require_provider
@@ -33,7 +38,7 @@ class Prediction:
     """Scores of a batch of ``B`` images; maps are at the model's input size ``(H, W)``."""
 
     image_scores: np.ndarray  # (B,) raw
-    anomaly_maps: np.ndarray  # (B, H, W) raw
+    anomaly_maps: np.ndarray | None  # (B, H, W) raw; None for image-level-only methods
     normalized_scores: np.ndarray  # (B,) in [0, 1], threshold at 0.5
     labels: np.ndarray  # (B,) bool: True = anomalous (raw score >= threshold)
     threshold: float  # the raw image threshold used
@@ -50,7 +55,8 @@ class FileResult:
     image_score: float | None = None
     normalized_score: float | None = None
     label: bool | None = None
-    anomaly_map: np.ndarray | None = None
+    anomaly_map: np.ndarray | None = None  # (H, W) raw, at the model's input size
+    size: tuple[int, int] | None = None  # (width, height) of the decoded image as sent
     error: str | None = None
 
     @property
@@ -84,9 +90,9 @@ class Predictor:
         graph = manifest["graph"]
         self.input_name = graph["inputs"][0]["name"]
         self.output_names = [o["name"] for o in graph["outputs"]]
-        s = manifest["scoring"]
-        self.postprocessor = MapPostprocessor(tuple(s["patch_grid"]), self.preprocess.input_size,
-                                              float(s.get("blur_sigma", 4.0)))
+        self.postprocess = PostprocessSpec.from_dict(manifest["postprocess"])
+        self.postprocessor = (MapPostprocessor(self.postprocess, self.preprocess.input_size)
+                              if self.postprocess.has_map else None)
         cal = calibration.read(manifest)
         self.calibration = cal
         self.image_threshold = float(cal["image"]["threshold"]) if threshold is None else float(threshold)
@@ -141,17 +147,24 @@ class Predictor:
     def method(self) -> str:
         return str(self.manifest["method"])
 
+    @property
+    def has_map(self) -> bool:
+        """Whether this bundle produces anomaly maps (False: image-level scores only)."""
+        return self.postprocessor is not None
+
     # ------------------------------------------------------------------ scoring
     def to_tensor(self, images: Sequence[Any]) -> np.ndarray:
-        """Paths, bytes, PIL images or ``(H, W, 3)`` uint8 arrays -> ``(B, 3, H, W)`` float32."""
+        """Paths, bytes, PIL images or uint8 arrays (``(H, W, 3)`` RGB or ``(H, W)`` grey) ->
+        ``(B, C, H, W)`` float32."""
         tensors = []
         for item in images:
             if isinstance(item, Image.Image):
                 img = item if item.mode == "RGB" else item.convert("RGB")
             elif isinstance(item, np.ndarray):
-                if item.ndim != 3 or item.shape[2] != 3 or item.dtype != np.uint8:
-                    raise ConfigError(f"array images must be (H, W, 3) uint8 RGB, got {item.shape} {item.dtype}")
-                img = Image.fromarray(item, mode="RGB")
+                if item.dtype != np.uint8 or not (item.ndim == 2 or (item.ndim == 3 and item.shape[2] == 3)):
+                    raise ConfigError(f"array images must be (H, W, 3) uint8 RGB or (H, W) uint8 grey, "
+                                      f"got {item.shape} {item.dtype}")
+                img = Image.fromarray(item, mode="RGB" if item.ndim == 3 else "L").convert("RGB")
             else:
                 img = decode_image(item)
             tensors.append(preprocess_image(img, self.preprocess))
@@ -166,8 +179,8 @@ class Predictor:
         return self.predict_tensor(x)
 
     def predict_tensor(self, x: np.ndarray) -> Prediction:
-        """Score preprocessed input ``(B, 3, H, W)`` float32."""
-        expected = (3, *self.preprocess.input_size)
+        """Score preprocessed input ``(B, C, H, W)`` float32."""
+        expected = (self.preprocess.channels, *self.preprocess.input_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ConfigError(f"input must be (B, {', '.join(map(str, expected))}), got {x.shape}")
         parts = [x[i : i + self.max_batch] for i in range(0, len(x), self.max_batch)] if self.max_batch else [x]
@@ -178,19 +191,30 @@ class Predictor:
             t1 = time.perf_counter()
             out = self.scorer(dict(zip(self.output_names, values)))
             t2 = time.perf_counter()
-            with self._one_blas_thread():
-                full = self.postprocessor(out.patch_maps)
-            image = out.image_scores if out.image_scores is not None else full.reshape(len(full), -1).max(axis=1)
+            full = None
+            if self.postprocessor is not None:
+                if out.patch_maps is None:
+                    raise BundleError("the manifest promises a map but the scorer gave none; re-export the bundle")
+                with self._one_blas_thread():
+                    full = self.postprocessor(out.patch_maps)
+            if self.postprocess.image_score == "scorer":
+                if out.image_scores is None:
+                    raise BundleError("the manifest's image-score rule is 'scorer' but the scorer gave no image "
+                                      "scores; re-export the bundle")
+                image = out.image_scores
+            else:
+                image = image_scores_from_maps(full, self.postprocess)  # type: ignore[arg-type]
             t3 = time.perf_counter()
             self.timer.add("graph", t1 - t0)
             self.timer.add("scoring", t2 - t1)
             self.timer.add("postprocess", t3 - t2)
             scores.append(np.asarray(image, np.float32))
-            maps.append(full)
+            if full is not None:
+                maps.append(full)
         image_scores = np.concatenate(scores)
         return Prediction(
             image_scores=image_scores,
-            anomaly_maps=np.concatenate(maps),
+            anomaly_maps=np.concatenate(maps) if maps else None,
             normalized_scores=calibration.normalise(image_scores, self.image_threshold, self.image_scale),
             labels=image_scores >= self.image_threshold,
             threshold=self.image_threshold,
@@ -199,7 +223,8 @@ class Predictor:
     def normalized_maps(self, maps: np.ndarray) -> np.ndarray:
         """Raw maps -> ``[0, 1]`` with the pixel threshold at 0.5."""
         if self.pixel_threshold is None:
-            raise BundleError("this bundle has no pixel calibration (calibration.pixel)")
+            raise BundleError("this bundle has no pixel calibration (calibration.pixel): "
+                              + ("its method scores images only, without maps" if not self.has_map else "re-export it"))
         return calibration.normalise(maps, float(self.pixel_threshold), float(self.pixel_scale))
 
     def predict_files(self, paths: Iterable[str | Path], batch_size: int = 8,
@@ -208,13 +233,13 @@ class Predictor:
         and the rest of its batch is still scored. Results come in input order."""
         if batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {batch_size}")
-        pending: list[tuple[str, np.ndarray | None, str | None]] = []
+        pending: list[tuple[str, np.ndarray | None, str | None, tuple[int, int] | None]] = []
 
         def flush() -> Iterator[FileResult]:
-            good = [t for _, t, _ in pending if t is not None]
+            good = [t for _, t, _, _ in pending if t is not None]
             pred = self.predict_tensor(stack(good)) if good else None
             j = 0
-            for path, tensor, error in pending:
+            for path, tensor, error, size in pending:
                 if tensor is None:
                     yield FileResult(path=path, error=error)
                     continue
@@ -224,20 +249,24 @@ class Predictor:
                     image_score=float(pred.image_scores[j]),
                     normalized_score=float(pred.normalized_scores[j]),
                     label=bool(pred.labels[j]),
-                    anomaly_map=pred.anomaly_maps[j] if keep_maps else None,
+                    anomaly_map=pred.anomaly_maps[j] if keep_maps and pred.anomaly_maps is not None else None,
+                    size=size,
                 )
                 j += 1
             pending.clear()
 
         for p in paths:
             t0 = time.perf_counter()
+            size = None
             try:
-                tensor: np.ndarray | None = preprocess_image(decode_image(p), self.preprocess)
+                img = decode_image(p)
+                size = img.size
+                tensor: np.ndarray | None = preprocess_image(img, self.preprocess)
                 error = None
             except ImageDecodeError as exc:
                 tensor, error = None, exc.reason
             self.timer.add("preprocess", time.perf_counter() - t0)
-            pending.append((str(p), tensor, error))
+            pending.append((str(p), tensor, error, size))
             if len(pending) >= batch_size:
                 yield from flush()
         if pending:

@@ -1,7 +1,14 @@
 """Preprocessing: the only implementation in adexport. Training imports it from here.
 
 decode (``images.decode_image``) -> RGB -> resize (recorded interpolation) -> optional centre
-crop -> scale -> (x - mean) / std -> float32 ``(3, H, W)``; batched into ``(B, 3, H, W)``.
+crop -> colour (RGB, or L for a 1-channel graph) -> scale -> (x - mean) / std -> float32
+``(C, H, W)``; batched into ``(B, C, H, W)``.
+
+It comes in two public halves so training can put augmentation between them and still use this
+one implementation: :func:`geometric_array` (decode result -> ``(H, W, C)`` uint8 at the model's
+geometry) and :func:`normalise` (``(H, W, C)`` uint8 -> ``(C, H, W)`` float32).
+:func:`preprocess_image` is the two in a row. :func:`map_to_original` is the inverse of the
+geometry, for maps shown on the image the user sent.
 
 Every parameter lives in :class:`PreprocessConfig`, which is written into the bundle manifest, so
 the runtime does exactly what training did instead of guessing.
@@ -30,6 +37,9 @@ _INTERPOLATIONS = {
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+#: Graph input colour -> channels. ``L`` is Pillow's 8-bit luma (ITU-R 601), exact on grey images.
+COLOURS = {"RGB": 3, "L": 1}
+
 
 @dataclass(frozen=True)
 class PreprocessConfig:
@@ -39,9 +49,9 @@ class PreprocessConfig:
     interpolation: str = "bilinear"  # Pillow resampling filter used by the resize
     center_crop: tuple[int, int] | None = None  # (height, width) cut from the centre after resize
     scale: float = 1.0 / 255.0  # multiplies the 8-bit values before normalisation
-    mean: tuple[float, float, float] = IMAGENET_MEAN  # per RGB channel, after scaling
-    std: tuple[float, float, float] = IMAGENET_STD  # per RGB channel, after scaling
-    colour: str = "RGB"  # channel order of the graph input
+    mean: tuple[float, ...] = IMAGENET_MEAN  # per channel, after scaling
+    std: tuple[float, ...] = IMAGENET_STD  # per channel, after scaling
+    colour: str = "RGB"  # graph input colour: RGB (3 channels) or L (1 channel, grayscale)
     layout: str = "NCHW"
     dtype: str = "float32"
 
@@ -58,13 +68,20 @@ class PreprocessConfig:
                 raise ConfigError(
                     f"center_crop {self.center_crop} must fit inside resize {self.resize} and be >= 8 px"
                 )
-        if self.colour != "RGB" or self.layout != "NCHW" or self.dtype != "float32":
+        if self.colour not in COLOURS or self.layout != "NCHW" or self.dtype != "float32":
             raise ConfigError(
-                "this runtime reads RGB, NCHW, float32 inputs; "
+                f"this runtime reads {' or '.join(COLOURS)}, NCHW, float32 inputs; "
                 f"got colour={self.colour}, layout={self.layout}, dtype={self.dtype}"
             )
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ConfigError(f"mean and std need 3 values each (std > 0); got {self.mean}, {self.std}")
+        n = COLOURS[self.colour]
+        if len(self.mean) != n or len(self.std) != n or min(self.std) <= 0:
+            raise ConfigError(f"colour {self.colour} needs {n} mean and std value(s) (std > 0); "
+                              f"got mean {self.mean}, std {self.std}")
+
+    @property
+    def channels(self) -> int:
+        """Channels of the graph input: 3 for RGB, 1 for L."""
+        return COLOURS[self.colour]
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -82,6 +99,7 @@ class PreprocessConfig:
         d["mean"] = list(self.mean)
         d["std"] = list(self.std)
         d["input_size"] = list(self.input_size)
+        d["channels"] = self.channels
         return d
 
     @classmethod
@@ -111,7 +129,7 @@ def _crop_box(cfg: PreprocessConfig) -> tuple[int, int, int, int] | None:
 
 
 def geometric(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
-    """Resize and crop an RGB image to the model's view of it (no normalisation)."""
+    """Resize and crop an image to the model's view of it (no colour change, no normalisation)."""
     h, w = cfg.resize
     if img.size != (w, h):
         img = img.resize((w, h), _INTERPOLATIONS[cfg.interpolation])
@@ -119,29 +137,64 @@ def geometric(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
     return img.crop(box) if box else img
 
 
-def _normalise(rgb: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
-    """``(H, W, 3) uint8 -> (3, H, W) float32``: ``(x * scale - mean) / std`` folded into one FMA."""
-    gain = (np.float32(cfg.scale) / np.asarray(cfg.std, np.float32)).reshape(3, 1, 1)
-    bias = (-np.asarray(cfg.mean, np.float32) / np.asarray(cfg.std, np.float32)).reshape(3, 1, 1)
-    chw = rgb.transpose(2, 0, 1).astype(np.float32)
+def geometric_array(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
+    """First half: an RGB image -> ``(H, W, C)`` uint8 at the model's geometry and colour.
+
+    Training augments this array, then calls :func:`normalise`."""
+    view = geometric(img, cfg)
+    if cfg.colour != view.mode:
+        view = view.convert(cfg.colour)
+    arr = np.asarray(view)
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def normalise(arr: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """Second half: ``(H, W, C) uint8 -> (C, H, W) float32``, ``(x * scale - mean) / std`` folded
+    into one multiply-add."""
+    c = cfg.channels
+    if arr.ndim != 3 or arr.shape[2] != c:
+        raise ConfigError(f"normalise expects (H, W, {c}) for colour {cfg.colour}, got {arr.shape}")
+    gain = (np.float32(cfg.scale) / np.asarray(cfg.std, np.float32)).reshape(c, 1, 1)
+    bias = (-np.asarray(cfg.mean, np.float32) / np.asarray(cfg.std, np.float32)).reshape(c, 1, 1)
+    chw = arr.transpose(2, 0, 1).astype(np.float32)
     chw *= gain
     chw += bias
     return chw
 
 
 def preprocess_image(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
-    """An RGB image -> ``(3, H, W)`` float32 graph input."""
-    return _normalise(np.asarray(geometric(img, cfg)), cfg)
+    """An RGB image -> ``(C, H, W)`` float32 graph input (:func:`geometric_array` then :func:`normalise`)."""
+    return normalise(geometric_array(img, cfg), cfg)
 
 
 def load_image(source: ImageSource, cfg: PreprocessConfig, **decode_kwargs: Any) -> np.ndarray:
-    """Decode and preprocess one file -> ``(3, H, W)`` float32. Raises ImageDecodeError."""
+    """Decode and preprocess one file -> ``(C, H, W)`` float32. Raises ImageDecodeError."""
     return preprocess_image(decode_image(source, **decode_kwargs), cfg)
 
 
 def stack(tensors: Sequence[np.ndarray]) -> np.ndarray:
-    """``[(3, H, W), ...] -> (B, 3, H, W)`` contiguous float32."""
+    """``[(C, H, W), ...] -> (B, C, H, W)`` contiguous float32."""
     return np.ascontiguousarray(np.stack(tensors, axis=0), dtype=np.float32)
+
+
+def map_to_original(anomaly_map: np.ndarray, original_size: tuple[int, int], cfg: PreprocessConfig) -> np.ndarray:
+    """The inverse of the geometry: a map ``(H, W)`` at the model's input -> ``(h0, w0)`` over the
+    image as it was sent (``original_size`` is Pillow's ``(width, height)``).
+
+    A centre crop is undone first: the cropped-away border was never seen by the model, so it
+    takes the nearest value inside the crop (edge padding). Then the resize is undone with a
+    bilinear float resize. The result is float32 with the map's own units.
+    """
+    m = np.asarray(anomaly_map, np.float32)
+    box = _crop_box(cfg)
+    if box is not None:
+        left, top, right, bottom = box
+        rh, rw = cfg.resize
+        m = np.pad(m, ((top, rh - bottom), (left, rw - right)), mode="edge")
+    w0, h0 = original_size
+    if m.shape != (h0, w0):
+        m = np.asarray(Image.fromarray(m, mode="F").resize((w0, h0), Image.Resampling.BILINEAR), np.float32)
+    return m
 
 
 def preprocess_mask(mask: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:

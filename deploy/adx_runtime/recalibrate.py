@@ -9,11 +9,13 @@ Two rules:
 
 The split is the dataset's ``test/`` folder; keep a separate validation set in the same layout to
 leave the test set untouched. Only the manifest's ``calibration`` section changes (the manifest
-is not among the checksummed files), so the graph and bank stay verified.
+is not among the checksummed files), so the graph and bank stay verified. The section is changed
+in the manifest as it is on disk: a bundle of an older schema keeps its schema.
 """
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -56,7 +58,8 @@ def recalibrate(
     if mode == "fpr" and not 0.0 <= fpr < 1.0:
         raise ConfigError(f"--fpr must be in [0, 1), got {fpr}")
     root = Path(bundle)
-    manifest = load_manifest(root)
+    load_manifest(root)  # refuses a bad or tampered bundle before anything is scored
+    manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))  # as on disk, not upgraded
     ev = evaluate(root, dataset, category, device=device, bank_device="cpu", batch_size=batch_size, progress=progress)
     ok = ev.scored
     labels = np.array([r.label for r in ok])
@@ -103,3 +106,18 @@ def recalibrate(
     cal.setdefault("history", []).append(entry)
     write_json_atomic(root / MANIFEST, manifest)
     return entry
+
+
+def format_recalibration(entry: dict[str, Any], bundle: str | Path) -> str:
+    """What ``adx calibrate`` prints: old and new thresholds and the rates at the new one."""
+    it = entry["image_threshold"]
+    lines = [f"image threshold {it['old']:.4g} -> {it['new']:.4g} ({entry['mode']} on {entry['n_images']} images)"]
+    if entry["pixel_threshold"]:
+        pt = entry["pixel_threshold"]
+        lines.append(f"pixel threshold {pt['old']:.4g} -> {pt['new']:.4g}")
+    a = entry["at_new_threshold"]
+    tpr = "n/a" if a["true_positive_rate"] is None else f"{a['true_positive_rate']:.1%}"
+    lines.append(f"at the new threshold on this split: {a['false_positive_rate']:.1%} of good flagged, "
+                 f"{tpr} of anomalous detected")
+    lines.append(f"rewrote {Path(bundle) / MANIFEST}")
+    return "\n".join(lines)

@@ -125,6 +125,8 @@ def _gallery(plt: Any, ev: Evaluation, rows: list[ImageRecord], predictor: Predi
         if raw is not None:
             ax_row[2].imshow(overlay(img, predictor.normalized_maps(raw), predictor.preprocess))
             ax_row[2].set_title("heatmap (white: pixel threshold)", fontsize=8)
+        else:
+            ax_row[2].text(0.5, 0.5, "no map\n(image-level method)", ha="center", va="center")
         for ax in ax_row:
             ax.set_xticks([])
             ax.set_yticks([])

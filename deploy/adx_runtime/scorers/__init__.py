@@ -1,12 +1,22 @@
-"""Scorers: what the runtime adds after the graph, one per method, registered by name.
+"""Scorers: what the runtime adds after the graph, one per scoring kind, registered by kind.
 
-A scorer turns the graph's outputs into a patch-level anomaly map ``(B, h, w)`` and, where the
-method defines one, image scores ``(B,)``. Without image scores the runtime takes the maximum of
-the final (upsampled, smoothed) map.
+The manifest's ``scoring.kind`` picks the scorer; the method name plays no part, so a new method
+needs no runtime code unless it brings a new kind:
+
+| kind | methods | what it does with the graph's outputs |
+| --- | --- | --- |
+| ``knn`` | PatchCore | FAISS kNN of patch features on a memory bank, eq. 7 image score |
+| ``gallery`` | SPADE | kNN over training images, then pixel kNN within the k nearest |
+| ``gaussian`` | PaDiM (CutPaste) | Mahalanobis distance to per-position (or one) Gaussian |
+| ``map`` | RD4AD, RIAD (PRNet) | nothing: the graph outputs the anomaly map itself |
+
+A scorer returns a raw map ``(B, h, w)`` (or ``None`` for image-level-only methods) and, where the
+kind defines them, image scores ``(B,)``. The manifest's ``postprocess`` section does the rest.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -18,8 +28,8 @@ from adx_runtime.errors import BundleError
 
 @dataclass
 class ScoreOutput:
-    patch_maps: np.ndarray  # (B, h, w) float32, raw
-    image_scores: np.ndarray | None  # (B,) float32, raw; None = max of the final map
+    patch_maps: np.ndarray | None  # (B, h, w) float32, raw; None = this method has no map
+    image_scores: np.ndarray | None  # (B,) float32, raw; None = from the final map by the postprocess rule
 
 
 class Scorer(Protocol):
@@ -30,38 +40,22 @@ class Scorer(Protocol):
 
 ScorerFactory = Callable[[Path, dict[str, Any], str], Scorer]
 
-
-def _patchcore(bundle_dir: Path, manifest: dict[str, Any], bank_device: str) -> Scorer:
-    from adx_runtime.scorers.patchcore import PatchCoreScorer
-
-    return PatchCoreScorer(bundle_dir, manifest, bank_device)
-
-
-def _padim(bundle_dir: Path, manifest: dict[str, Any], bank_device: str) -> Scorer:
-    from adx_runtime.scorers.padim import PadimScorer
-
-    return PadimScorer(bundle_dir, manifest, bank_device)
-
-
-def _spade(bundle_dir: Path, manifest: dict[str, Any], bank_device: str) -> Scorer:
-    from adx_runtime.scorers.spade import SpadeScorer
-
-    return SpadeScorer(bundle_dir, manifest, bank_device)
-
-
-#: method name -> factory(bundle_dir, manifest, bank_device). The one table of runtime methods.
-SCORERS: dict[str, ScorerFactory] = {
-    "patchcore": _patchcore,
-    "padim": _padim,
-    "spade": _spade,
+#: scoring kind -> "module:class"; the one table of runtime scorers (imported on first use).
+SCORERS: dict[str, str] = {
+    "knn": "adx_runtime.scorers.knn:KnnScorer",
+    "gallery": "adx_runtime.scorers.gallery:GalleryScorer",
+    "gaussian": "adx_runtime.scorers.gaussian:GaussianScorer",
+    "map": "adx_runtime.scorers.map:MapScorer",
 }
 
 
 def create_scorer(bundle_dir: Path, manifest: dict[str, Any], bank_device: str) -> Scorer:
-    method = manifest["method"]
-    if method not in SCORERS:
+    """The scorer for ``manifest["scoring"]["kind"]``, loaded with the bundle's scoring data."""
+    kind = manifest["scoring"].get("kind")
+    if kind not in SCORERS:
         raise BundleError(
-            f"bundle method {method!r} is not known to this runtime; known: {', '.join(SCORERS)}. "
-            "Upgrade adexport or re-export the bundle."
+            f"bundle scoring kind {kind!r} (method {manifest.get('method')!r}) is not known to this runtime; "
+            f"known: {', '.join(SCORERS)}. Upgrade adexport or re-export the bundle."
         )
-    return SCORERS[method](bundle_dir, manifest, bank_device)
+    module, cls = SCORERS[kind].split(":")
+    return getattr(importlib.import_module(module), cls)(bundle_dir, manifest, bank_device)

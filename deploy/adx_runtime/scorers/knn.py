@@ -31,12 +31,12 @@ def reweight(m_test: np.ndarray, support: np.ndarray, s_star: np.ndarray) -> np.
     return (weight * s_star).astype(np.float32)
 
 
-class PatchCoreScorer:
+class KnnScorer:
     def __init__(self, bundle_dir: Path, manifest: dict[str, Any], bank_device: str):
         s = manifest["scoring"]
         try:
             self.feature_output = s["feature_output"]
-            self.grid = tuple(s["patch_grid"])
+            self.grid = tuple(manifest["postprocess"]["patch_grid"])
             self.num_neighbors = int(s["num_neighbors"])
             bank = s["bank"]
             self.bank = load_bank(Path(bundle_dir) / bank["file"], bank["format"], bank_device)

@@ -1,4 +1,5 @@
-"""PaDiM scoring: per-position Mahalanobis distance (Defard et al. 2021, eq. 2).
+"""The ``gaussian`` scoring kind: Mahalanobis distance to a Gaussian per position (PaDiM, Defard
+et al. 2021, eq. 2), or to one Gaussian over image embeddings (``P = 1``, image-level: CutPaste).
 
 ``M(x_p) = sqrt((x_p - mu_p)^T S_p^-1 (x_p - mu_p)) = ||L_p^T (x_p - mu_p)||`` with the stored
 Cholesky factor ``S_p^-1 = L_p L_p^T`` (a packed lower triangle, unpacked once at load; a float16
@@ -25,23 +26,25 @@ def mahalanobis(embedding: np.ndarray, mean: np.ndarray, chol: np.ndarray) -> np
     return np.sqrt(np.einsum("pbd,pbd->bp", y, y))
 
 
-class PadimScorer:
+class GaussianScorer:
     backend = "numpy"
 
     def __init__(self, bundle_dir: Path, manifest: dict[str, Any], bank_device: str):
         s = manifest["scoring"]
         try:
             self.output = s["embedding_output"]
-            self.grid = tuple(s["patch_grid"])
+            grid = manifest["postprocess"]["patch_grid"]
+            self.grid = tuple(grid) if grid else None  # None: one Gaussian, image-level scores
             g = s["gaussian"]
             with np.load(Path(bundle_dir) / g["file"], allow_pickle=False) as data:
                 self.mean = np.ascontiguousarray(data["mean"], dtype=np.float32)
                 packed = data["chol_packed"]
         except KeyError as exc:
-            raise BundleError(f"PaDiM bundle lacks {exc.args[0]!r} in its scoring data; re-export it") from None
+            raise BundleError(f"Gaussian bundle lacks {exc.args[0]!r} in its scoring data; re-export it") from None
         P, d = self.mean.shape
-        if packed.shape != (P, d * (d + 1) // 2) or P != self.grid[0] * self.grid[1]:
-            raise BundleError(f"PaDiM statistics do not fit together: mean {self.mean.shape}, packed Cholesky "
+        positions = self.grid[0] * self.grid[1] if self.grid else 1
+        if packed.shape != (P, d * (d + 1) // 2) or P != positions:
+            raise BundleError(f"Gaussian statistics do not fit together: mean {self.mean.shape}, packed Cholesky "
                               f"{packed.shape}, grid {self.grid}")
         self.chol = np.zeros((P, d, d), np.float32)
         rows, cols = np.tril_indices(d)
@@ -49,8 +52,12 @@ class PadimScorer:
 
     def __call__(self, outputs: dict[str, np.ndarray]) -> ScoreOutput:
         emb = outputs[self.output]
+        if emb.ndim == 2:  # (B, d): one embedding per image
+            emb = emb[:, None, :]
         if emb.shape[1:] != self.mean.shape:
             raise BundleError(f"graph gave embeddings {emb.shape}, the statistics expect (B, {self.mean.shape[0]}, "
                               f"{self.mean.shape[1]})")
-        dist = mahalanobis(emb, self.mean, self.chol)
-        return ScoreOutput(dist.reshape(len(emb), *self.grid).astype(np.float32), None)
+        dist = mahalanobis(emb, self.mean, self.chol).astype(np.float32)
+        if self.grid is None:
+            return ScoreOutput(None, dist[:, 0])
+        return ScoreOutput(dist.reshape(len(emb), *self.grid), None)

@@ -18,12 +18,12 @@ from adx_runtime.knn import load_bank, squared_to_distance
 from adx_runtime.scorers import ScoreOutput
 
 
-class SpadeScorer:
+class GalleryScorer:
     def __init__(self, bundle_dir: Path, manifest: dict[str, Any], bank_device: str):
         s = manifest["scoring"]
         try:
             self.image_output, self.map_output = s["image_output"], s["map_output"]
-            self.grid = tuple(s["patch_grid"])
+            self.grid = tuple(manifest["postprocess"]["patch_grid"])
             self.k = int(s["k"])
             g = s["gallery"]
             self.images = load_bank(Path(bundle_dir) / g["images_file"], "faiss", bank_device)

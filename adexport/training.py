@@ -1,0 +1,322 @@
+"""The training loop of trained networks (RD4AD, RIAD, CutPaste, PRNet), written once.
+
+Bank methods (PatchCore, PaDiM, SPADE) never come here: their fit is one pass of a function.
+
+What every trained method shares:
+
+- :class:`TrainingOptions`: epochs, batch size, optimiser, learning rate and schedule, checkpoint
+  interval, seed. A method's config dataclass inherits it (and may change the defaults), so
+  ``adx train --set lr=0.001`` and ``adx methods NAME`` see these options like any other.
+- :class:`EpochDataset`: the training images decoded and brought to the model's geometry once
+  (kept in memory as uint8), then every epoch a seeded shuffle, an optional augmentation step on
+  the uint8 arrays, and the runtime's own normalisation. Preprocessing stays one implementation
+  (``adx_runtime.preprocess``), used in its two public halves with augmentation between them.
+- :func:`train_network`: optimiser and schedule from the options, a progress bar with epoch, loss
+  and time left, the mean loss per epoch (the fit report's loss history, drawn as
+  ``loss_curve.png`` in the model folder), atomic checkpoints every N epochs, ``--resume``, a
+  checkpoint on Ctrl-C, and any torch device.
+
+Determinism: every random draw of epoch ``e`` comes from generators seeded with ``(seed, e)``
+(numpy for the shuffle and augmentation, torch for what the loss draws, e.g. RIAD's masks), so a
+run resumed from the checkpoint of epoch ``e`` continues exactly as the uninterrupted run would.
+A loss function must draw only from the generator it is given.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from adx_runtime.datasets import Sample
+from adx_runtime.errors import ConfigError, ImageDecodeError, Interrupted
+from adx_runtime.images import decode_image
+from adx_runtime.preprocess import PreprocessConfig, geometric_array, normalise
+from adx_runtime.progress import SILENT, Progress
+
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("constant", "cosine")
+CHECKPOINT_FORMAT = "adexport-training-checkpoint"
+
+#: ``augment(images (B, H, W, C) uint8, rng) -> {"image": (B', H, W, C) uint8, other arrays...}``.
+#: Arrays other than ``image`` (labels, masks) are passed to the loss as tensors unchanged.
+Augment = Callable[[np.ndarray, np.random.Generator], dict[str, np.ndarray]]
+#: ``loss_fn(model, batch, generator) -> scalar loss``; ``batch["image"]`` is ``(B, C, H, W)``.
+LossFn = Callable[[nn.Module, dict[str, torch.Tensor], torch.Generator], torch.Tensor]
+
+
+@dataclass
+class TrainingOptions:
+    """Options of the shared training loop; trained methods' configs inherit them."""
+
+    epochs: int = 20  # passes over the training images
+    batch_size: int = 16  # images per optimiser step (before augmentation)
+    optimizer: str = "adam"  # adam | sgd
+    lr: float = 1e-3  # learning rate at the start of the schedule
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam's moment decay rates
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 0.0  # L2 penalty of the optimiser
+    schedule: str = "constant"  # constant | cosine (decays to 0 over the epochs)
+    checkpoint_every: int = 5  # epochs between checkpoints (0: only on Ctrl-C)
+    seed: int = 0  # weights, shuffling, augmentation and masks
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer {self.optimizer!r} is not known; valid: {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule {self.schedule!r} is not known; valid: {', '.join(SCHEDULES)}")
+        if not self.lr > 0 or self.weight_decay < 0 or self.checkpoint_every < 0:
+            raise ConfigError(f"need lr > 0, weight_decay >= 0, checkpoint_every >= 0; got {self.lr}, "
+                              f"{self.weight_decay}, {self.checkpoint_every}")
+
+
+@dataclass
+class TrainingRun:
+    """Where a run keeps its checkpoint and whether it starts from it."""
+
+    checkpoint: Path | None = None  # the checkpoint file (written atomically)
+    resume: bool = False  # continue from ``checkpoint``
+
+
+class TrainingInterrupted(Interrupted):
+    """Ctrl-C during training; a checkpoint of the last finished epoch was written."""
+
+
+def checkpoint_path(out: str | Path) -> Path:
+    """The checkpoint file that goes with a model folder ``out``: ``out.checkpoint.pt`` beside it."""
+    out = Path(out)
+    return out.with_name(f"{out.name}.checkpoint.pt")
+
+
+# ------------------------------------------------------------------------------------- data
+class EpochDataset:
+    """Training images held in memory at the model's geometry, served as seeded epochs.
+
+    ``images``: ``(N, H, W, C)`` uint8, the first half of the runtime's preprocessing, done once.
+    """
+
+    def __init__(self, samples: Sequence[Sample], preprocess: PreprocessConfig, *, augment: Augment | None = None,
+                 progress: Progress = SILENT):
+        self.preprocess = preprocess
+        self.augment = augment
+        arrays, self.skipped = [], []
+        with progress.task("Reading training images into memory", len(samples)) as advance:
+            for s in samples:
+                try:
+                    arrays.append(geometric_array(decode_image(s.path), preprocess))
+                except ImageDecodeError as exc:
+                    self.skipped.append((exc.path, exc.reason))
+                    progress.note(f"skipped {exc.path}: {exc.reason}")
+                advance(1)
+        if not arrays:
+            raise ConfigError("none of the training images could be decoded; see the messages above")
+        self.images = np.stack(arrays)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        """Full batches only (a last batch of one would upset batch norm), at least one."""
+        return max(1, len(self) // batch_size)
+
+    def batches(self, epoch: int, batch_size: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
+        rng = np.random.default_rng([seed, epoch])
+        order = rng.permutation(len(self))
+        size = min(batch_size, len(self))
+        for step in range(self.steps_per_epoch(batch_size)):
+            raw = self.images[order[step * size:(step + 1) * size]]
+            arrays = self.augment(raw, rng) if self.augment else {"image": raw}
+            batch = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items() if k != "image"}
+            batch["image"] = torch.from_numpy(np.stack([normalise(a, self.preprocess) for a in arrays["image"]]))
+            yield batch
+
+
+# ------------------------------------------------------------------------------------- loop
+def learning_rate(options: TrainingOptions, epoch: int) -> float:
+    """The learning rate during epoch ``epoch`` (0-based)."""
+    if options.schedule == "cosine":
+        return options.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / options.epochs))
+    return options.lr
+
+
+def make_optimizer(params: Sequence[nn.Parameter], options: TrainingOptions) -> torch.optim.Optimizer:
+    if options.optimizer == "adam":
+        return torch.optim.Adam(params, lr=options.lr, betas=tuple(options.betas), weight_decay=options.weight_decay)
+    return torch.optim.SGD(params, lr=options.lr, momentum=options.momentum, weight_decay=options.weight_decay)
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch, 7]).generate_state(1)[0]))
+
+
+def _snapshot(model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, history: list[float],
+              identity: dict[str, Any]) -> dict[str, Any]:
+    """Everything a resume needs, copied to the CPU (the live tensors keep changing)."""
+    return {"format": CHECKPOINT_FORMAT, "epoch": epoch, "history": list(history), "identity": identity,
+            "model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+            "optimizer": copy.deepcopy(_to_cpu(optimizer.state_dict()))}
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    return obj
+
+
+def _write_checkpoint(path: Path, snapshot: dict[str, Any]) -> None:
+    """Atomic: a temporary file beside ``path``, then a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(snapshot, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"--resume: there is no checkpoint {str(path)!r}; start the run without --resume")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only
+    except Exception as exc:  # a truncated or foreign file
+        raise ConfigError(f"checkpoint {str(path)!r} cannot be read ({type(exc).__name__}); delete it and start again") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError(f"{str(path)!r} is not an adexport training checkpoint")
+    if state["identity"] != identity:
+        diff = sorted(k for k in set(identity) | set(state["identity"])
+                      if identity.get(k) != state["identity"].get(k))
+        raise ConfigError(f"checkpoint {str(path)!r} belongs to a different run (differs in: {', '.join(diff)}); "
+                          "resume with the same method, options and data, or start without --resume")
+    return state
+
+
+def train_network(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: EpochDataset,
+    options: TrainingOptions,
+    *,
+    identity: dict[str, Any],
+    device: str = "cpu",
+    run: TrainingRun | None = None,
+    progress: Progress = SILENT,
+    description: str = "Training",
+) -> list[float]:
+    """Train ``model``'s parameters that require gradients; returns the mean loss of every epoch.
+
+    Args:
+        identity: what a checkpoint must match to be resumed (method, options other than epochs,
+            number of images); stored in every checkpoint.
+        run: checkpoint file and resume flag; ``None`` trains without checkpoints.
+
+    Raises:
+        TrainingInterrupted: on Ctrl-C, after writing a checkpoint of the last finished epoch.
+    """
+    run = run or TrainingRun()
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("the model has no trainable parameters")
+    optimizer = make_optimizer(params, options)
+    history: list[float] = []
+    start = 0
+    if run.resume:
+        if run.checkpoint is None:
+            raise ConfigError("--resume needs a checkpoint file")
+        state = _load_checkpoint(run.checkpoint, identity)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        history, start = list(state["history"]), int(state["epoch"])
+        if start >= options.epochs:
+            raise ConfigError(f"the checkpoint has already finished {start} epochs; ask for more with --set epochs=N")
+        progress.note(f"resuming from epoch {start} of {options.epochs} ({run.checkpoint})")
+    model.to(device)
+    for s in optimizer.state.values():  # a resumed optimizer's moments follow the model's device
+        for k, v in s.items():
+            if isinstance(v, torch.Tensor) and k != "step":
+                s[k] = v.to(device)
+    steps = data.steps_per_epoch(options.batch_size)
+    epoch = start
+    boundary = _snapshot(model, optimizer, start, history, identity) if run.checkpoint else None
+    try:
+        with progress.task(f"{description}: {options.epochs} epochs x {steps} steps", (options.epochs - start) * steps) as advance:
+            for epoch in range(start, options.epochs):
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(options, epoch)
+                generator = _epoch_generator(options.seed, epoch)
+                model.train()
+                total, count = 0.0, 0
+                for batch in data.batches(epoch, options.batch_size, options.seed):
+                    batch = {k: v.to(device) for k, v in batch.items()}
+                    loss = loss_fn(model, batch, generator)
+                    if not torch.isfinite(loss):
+                        raise ConfigError(f"the training loss became {loss.item()} at epoch {epoch + 1}; "
+                                          "lower the learning rate (--set lr=...)")
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    total += float(loss.detach()) * len(batch["image"])
+                    count += len(batch["image"])
+                    advance(1)
+                history.append(total / count)
+                advance(0, description=f"{description}: epoch {epoch + 1}/{options.epochs}, loss {history[-1]:.4f}")
+                done = epoch + 1
+                if run.checkpoint and done < options.epochs:
+                    boundary = _snapshot(model, optimizer, done, history, identity)
+                    if options.checkpoint_every and done % options.checkpoint_every == 0:
+                        _write_checkpoint(run.checkpoint, boundary)
+    except KeyboardInterrupt:
+        model.eval()
+        if run.checkpoint is None or boundary is None:
+            raise
+        if not boundary["history"]:
+            raise TrainingInterrupted(f"training interrupted in epoch 1 of {options.epochs}, before any epoch "
+                                      "finished; nothing to resume, start again") from None
+        # The state at the last epoch boundary, not the half-trained weights: resuming replays the
+        # unfinished epoch from its own seed, exactly as the uninterrupted run does.
+        _write_checkpoint(run.checkpoint, boundary)
+        raise TrainingInterrupted(
+            f"training interrupted in epoch {epoch + 1} of {options.epochs}; a checkpoint is in "
+            f"{run.checkpoint}. Run the same `adx train` command with --resume to go on from there."
+        ) from None
+    model.eval()
+    model.cpu()
+    return history
+
+
+def save_loss_curve(history: Sequence[float], path: str | Path, title: str = "training loss") -> Path | None:
+    """Draw the mean loss per epoch as a PNG; ``None`` when matplotlib is not installed."""
+    try:
+        import matplotlib  # noqa: PLC0415
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(range(1, len(history) + 1), history, marker="o", ms=3, lw=1.5)
+    ax.set(xlabel="epoch", ylabel="mean loss", title=title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def run_identity(method: str, config: Any, samples: Sequence[Sample]) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the method, every option but ``epochs`` and
+    ``checkpoint_every`` (a resumed run may ask for more epochs), and the training files."""
+    from adexport.methods.base import config_to_dict  # noqa: PLC0415
+
+    options = {k: v for k, v in config_to_dict(config).items() if k not in ("epochs", "checkpoint_every")}
+    return {"method": method, "options": options, "images": [Path(s.path).name for s in samples]}

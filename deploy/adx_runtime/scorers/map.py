@@ -1,0 +1,41 @@
+"""The ``map`` scoring kind: the graph already outputs the anomaly map (RD4AD, RIAD, PRNet).
+
+Nothing is added here but a shape check; the manifest's ``postprocess`` section smooths the map
+and applies the image-score rule. A graph may also output its own image score
+(``scoring.image_output``), which is then used as is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adx_runtime.errors import BundleError
+from adx_runtime.scorers import ScoreOutput
+
+
+class MapScorer:
+    backend = "graph (map output)"
+
+    def __init__(self, bundle_dir: Path, manifest: dict[str, Any], bank_device: str):
+        s = manifest["scoring"]
+        try:
+            self.map_output = s["map_output"]
+        except KeyError:
+            raise BundleError("manifest scoring section (kind map) lacks 'map_output'; re-export the bundle") from None
+        self.image_output = s.get("image_output")
+        self.grid = tuple(manifest["postprocess"]["patch_grid"])
+
+    def __call__(self, outputs: dict[str, np.ndarray]) -> ScoreOutput:
+        maps = outputs[self.map_output]
+        if maps.ndim == 4 and maps.shape[1] == 1:
+            maps = maps[:, 0]
+        if maps.ndim != 3 or tuple(maps.shape[1:]) != self.grid:
+            raise BundleError(f"graph output {self.map_output!r} has shape {maps.shape}; the manifest expects "
+                              f"(B, {self.grid[0]}, {self.grid[1]})")
+        image = None
+        if self.image_output is not None:
+            image = np.asarray(outputs[self.image_output], np.float32).reshape(len(maps))
+        return ScoreOutput(np.asarray(maps, np.float32), image)

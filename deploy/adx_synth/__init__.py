@@ -1,0 +1,54 @@
+"""adx_synth: procedural anomaly-detection datasets in the MVTec AD layout, and defect primitives.
+
+Real datasets cannot be downloaded everywhere (CI, air-gapped boxes), so the demo and the tests use
+these generators: texture categories with defects and exact masks (:func:`generate_demo_dataset`),
+and handwritten-like digits for one-class experiments (:func:`generate_digits`). The defect
+primitives (alpha shapes, strokes, warps, fills) work on any image, for anomaly synthesis.
+
+Imports only numpy, Pillow and the standard library (scikit-learn on request). Nothing happens at
+import time.
+"""
+
+from adx_synth.defects import (
+    alpha_centroid,
+    bilinear_sample,
+    blob_alpha,
+    bump_warp,
+    loguniform,
+    paint,
+    random_centre,
+    random_walk,
+    stroke_alpha,
+    textured_fill,
+    tint,
+)
+from adx_synth.digits import generate_digits, render_digit, write_sklearn_digits
+from adx_synth.writer import (
+    DEFECT_TYPES,
+    DEMO_CATEGORIES,
+    EXTRA_CATEGORIES,
+    count_demo_images,
+    generate_demo_dataset,
+)
+
+__all__ = [
+    "DEFECT_TYPES",
+    "DEMO_CATEGORIES",
+    "EXTRA_CATEGORIES",
+    "alpha_centroid",
+    "bilinear_sample",
+    "blob_alpha",
+    "bump_warp",
+    "count_demo_images",
+    "generate_demo_dataset",
+    "generate_digits",
+    "loguniform",
+    "paint",
+    "random_centre",
+    "random_walk",
+    "render_digit",
+    "stroke_alpha",
+    "textured_fill",
+    "tint",
+    "write_sklearn_digits",
+]
