@@ -18,7 +18,10 @@ CATEGORY = "weave"
 TINY = {"backbone": "test_efficientnet", "weights": "random", "image_size": 64}
 
 #: Tiny options of every trained method (tests/test_training.py loops over them): a few seconds each.
-TINY_TRAINED: dict[str, dict] = {}
+TINY_TRAINED: dict[str, dict] = {
+    "rd4ad": {"backbone": "test_efficientnet", "weights": "random", "image_size": 32, "epochs": 2, "batch_size": 4,
+              "width": 0.5, "oce_blocks": 1, "decoder_blocks": 1},
+}
 
 
 @pytest.fixture(scope="session")

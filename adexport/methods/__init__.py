@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from adexport.methods import padim, patchcore, spade
+from adexport.methods import rd4ad
 from adexport.methods.base import FittedMethod
 from adx_runtime.errors import ConfigError
 
@@ -42,6 +43,10 @@ METHODS: dict[str, MethodEntry] = {
     "spade": MethodEntry(
         "spade", "SPADE: kNN over training images, then pixel correspondences within the k nearest",
         spade.SpadeConfig, spade.fit, spade.FittedSpade,
+    ),
+    "rd4ad": MethodEntry(
+        "rd4ad", "RD4AD: frozen teacher, one-class bottleneck, reverse-distilled student; cosine-distance map",
+        rd4ad.RD4ADConfig, rd4ad.fit, rd4ad.FittedRD4AD,
     ),
 }
 
