@@ -11,6 +11,7 @@ from typing import Callable
 
 from adexport.methods import padim, patchcore, spade
 from adexport.methods import rd4ad
+from adexport.methods import riad
 from adexport.methods.base import FittedMethod
 from adx_runtime.errors import ConfigError
 
@@ -47,6 +48,10 @@ METHODS: dict[str, MethodEntry] = {
     "rd4ad": MethodEntry(
         "rd4ad", "RD4AD: frozen teacher, one-class bottleneck, reverse-distilled student; cosine-distance map",
         rd4ad.RD4ADConfig, rd4ad.fit, rd4ad.FittedRD4AD,
+    ),
+    "riad": MethodEntry(
+        "riad", "RIAD: U-Net inpaints disjoint random masks of the image; multi-scale gradient-similarity map",
+        riad.RIADConfig, riad.fit, riad.FittedRIAD,
     ),
 }
 

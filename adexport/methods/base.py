@@ -124,6 +124,26 @@ class FittedMethod(ABC):
         return reference_image_scores(maps, self.postprocess())
 
 
+class MapMethod(FittedMethod):
+    """A method whose exported graph is the whole detector: it outputs the raw anomaly map
+    ``(B, H, W)`` at the input size (scoring kind ``map``: RD4AD, RIAD, PRNet). The subclass sets
+    ``self._graph`` and its ``postprocess()``; the torch reference is the graph followed by the
+    torch post-processing."""
+
+    scoring_kind = "map"
+    output_names = ("anomaly_map",)
+    _graph: nn.Module
+
+    def graph(self) -> nn.Module:
+        return self._graph
+
+    @torch.no_grad()
+    def reference(self, x: torch.Tensor, *, exact: bool = True) -> Reference:
+        raw = self._graph(x)
+        maps = self.reference_maps(raw)
+        return Reference({"anomaly_map": raw}, self.reference_image_scores(maps), maps)
+
+
 def backbone_and_preprocess(config: Any) -> tuple[FeatureExtractor, PreprocessConfig]:
     """The backbone a config names and the input contract that goes with its weights (mean/std)."""
     extractor = create_backbone(config.backbone, config.layers, config.weights, seed=config.seed)

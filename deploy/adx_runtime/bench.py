@@ -58,6 +58,8 @@ def scoring_data(manifest: dict[str, Any]) -> str:
     detail = s.get("bank", {}).get("index_type") or s.get("gaussian", {}).get("dtype") or \
         s.get("gallery", {}).get("dtype") or ""
     files = [f["path"] for f in manifest["files"] if f["kind"] != "onnx-graph" and f["kind"] != "tensorrt-engine"]
+    if not files:
+        return f"no scoring data (kind {s.get('kind')}: the graph outputs the map)"
     return ", ".join(files) + (f" ({detail})" if detail else "")
 
 

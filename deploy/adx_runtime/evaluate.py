@@ -113,7 +113,7 @@ def evaluate(
     if not pred.has_map:
         notes.append(f"pixel metrics skipped: the {pred.method} bundle scores whole images and has no anomaly map")
     elif not split.has_masks:
-        notes.append(f"pixel metrics skipped: {split.mask_note}")
+        notes.append(split.mask_note)  # it says why and that pixel metrics are skipped
     records = [ImageRecord(str(s.path), s.defect, s.label) for s in split.test]
     maps: list[np.ndarray] = []
     masks: list[np.ndarray] = []
