@@ -175,13 +175,6 @@ def export_bundle(
         raise ConfigError(f"export format {fmt!r} is not known; valid: {', '.join(FORMATS)}")
     if fp16 and fmt != "tensorrt":
         raise ConfigError("--fp16 applies to TensorRT engines; the ONNX graph is exported in float32")
-    if fmt == "tensorrt" and "tensorrt" not in available_devices():
-        raise ProviderError(
-            "--format tensorrt builds a TensorRT engine for this machine's GPU through ONNX Runtime's "
-            f"TensorrtExecutionProvider, which is not available here (available: {', '.join(available_devices())}). "
-            "Run this on the target NVIDIA box with pip install 'adexport[gpu]', or export --format onnx here "
-            "and build the engine there."
-        )
     fitted = model if isinstance(model, FittedMethod) else load_fitted(model)
     options = {k: v for k, v in (("bank", bank), ("index_type", index_type)) if v is not None}
     props = fitted.export_properties(**options)
@@ -192,6 +185,13 @@ def export_bundle(
                           "which has no memory bank index); drop the option")
     if fp16 and not props.fp16:
         raise ConfigError(f"{fitted.name} refuses float16 TensorRT engines: {props.fp16_reason}")
+    if fmt == "tensorrt" and "tensorrt" not in available_devices():
+        raise ProviderError(
+            "--format tensorrt builds a TensorRT engine for this machine's GPU through ONNX Runtime's "
+            f"TensorrtExecutionProvider, which is not available here (available: {', '.join(available_devices())}). "
+            "Run this on the target NVIDIA box with pip install 'adexport[gpu]', or export --format onnx here "
+            "and build the engine there."
+        )
     images = _parity_images(fitted, parity_images)
     seconds: dict[str, float] = {}
     with atomic_dir(out, overwrite=overwrite) as tmp:

@@ -157,3 +157,15 @@ def test_expand_inputs_files_folders_globs(dataset: Path) -> None:
     assert len(expand_inputs([str(test / "*" / "000.png")])) == len(list(test.iterdir()))
     with pytest.raises(ConfigError, match="matches no files"):
         expand_inputs([str(test / "*.gif")])
+
+
+def test_a_method_that_declares_fp16_unsafe_refuses_it_before_anything_else(dataset: Path, tmp_path: Path) -> None:
+    from adexport.export import export_bundle
+    from adexport.train import train
+
+    from conftest import TINY_TRAINED
+
+    fitted = train(dataset, "weave", "rd4ad", options=TINY_TRAINED["rd4ad"], holdout=0.25)
+    with pytest.raises(ConfigError, match=r"rd4ad refuses float16 TensorRT engines: .*3 significant digits"):
+        export_bundle(fitted, tmp_path / "b", fmt="tensorrt", fp16=True)
+    assert not (tmp_path / "b").exists()
