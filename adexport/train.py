@@ -130,10 +130,10 @@ def train(
 def format_fit_summary(fitted: FittedMethod, fit_seconds: float, out: str | Path) -> str:
     """What ``adx train`` prints after a fit: data, time per phase, sizes, loss, threshold."""
     r = fitted.report
-    source = fitted.backbone.weights if fitted.backbone else "no backbone"
+    source = f"backbone {fitted.backbone.weights}" if fitted.backbone else "no backbone"
     lines = [f"fitted {fitted.name} on {fitted.dataset['category']} ({fitted.dataset['device']}): "
              f"{r.sizes.get('fit_images')} images, {fitted.dataset['holdout_images']} held out for calibration, "
-             f"backbone {source}",
+             f"{source}",
              "fit time {:.2f} s ({})".format(fit_seconds, ", ".join(f"{k} {v:.2f} s" for k, v in r.phases.items())),
              "sizes: " + ", ".join(f"{k} {v}" for k, v in r.sizes.items())]
     if r.loss_history:
