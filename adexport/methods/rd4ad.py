@@ -8,7 +8,9 @@ bilinearly to the input size and summed: ``anomaly_map (B, H, W)``. Smoothing is
 the runtime's post-processing applies the Gaussian (sigma = 4) that the manifest names.
 
 Training: only the OCBE and the student learn, from normal images, to reproduce the teacher's
-features; the loss is the same cosine distance (eq. 2), summed over the stages.
+features; the loss is the cosine distance summed over the stages, either per position (the
+paper's eq. 2) or over each sample's flattened stage (the authors' code, the default here: it
+scored better on the demo data, see :func:`rd4ad_loss`).
 
 Everything is derived from the backbone's ``feature_info`` (channels, strides), so any timm
 ``features_only`` backbone works, not just ResNets.
@@ -24,9 +26,9 @@ maximum. The paper's OCE stage has 3 blocks and its decoder 3, 4 and 6 blocks pe
 CPU defaults (below) keep the optimiser and the 200 epochs but train a small student for 2 CPU
 cores: the offline ``efficientnet_lite0`` teacher (channels 24, 40, 112), 160 px, 2 residual blocks
 per decoder stage, batch 8 (50 epochs of a 48-image demo category took 25 s on 2 idle cores).
-Measured on the demo's weave / grid: image AUROC 0.85 / 0.97 and pixel AUROC 0.99 / 0.99 after 200
-epochs, against 0.74 / 0.61 and 0.98 / 0.95 after 100: the student keeps improving after the loss
-flattens.
+Measured on the demo's weave / grid with the per-position loss: image AUROC 0.85 / 0.97 after 200
+epochs (one run), against 0.74 / 0.61 after 100: the student keeps improving after the loss
+flattens. The README has the four categories with both losses.
 """
 
 from __future__ import annotations
@@ -70,16 +72,17 @@ def cosine_distance(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
 
 
 def rd4ad_loss(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor],
-               mode: str = "per_position") -> torch.Tensor:
+               mode: str = "flatten") -> torch.Tensor:
     """Distillation loss summed over stages; a scalar.
 
     ``per_position`` is the paper's eq. 2: the mean over positions of the per-position cosine
-    distance ``M^k`` of eq. 1. It is the default because ``M^k`` is exactly the anomaly map the
-    model is scored on, so training lowers what is measured at test time.
+    distance ``M^k`` of eq. 1, exactly the anomaly map the model is scored on.
 
     ``flatten`` is what the authors' code does: each sample's whole stage is flattened into one
-    vector and a single cosine taken. Positions with large feature norms then dominate, and the
-    student may leave low-norm positions unmatched; it is kept to reproduce the reference numbers.
+    vector and a single cosine taken, so positions with large feature norms weigh more. It is the
+    default because it scored better on all four demo categories (same data, seed and settings,
+    200 epochs): image AUROC 0.955 / 0.970 / 0.835 / 1.000 against 0.870 / 0.675 / 0.795 / 0.840
+    for weave / grid / wood / tile, AUPRO better on three of the four.
     """
     if mode not in LOSS_MODES:
         raise ConfigError(f"loss_mode {mode!r} is not known; valid: {', '.join(LOSS_MODES)}")
@@ -260,7 +263,7 @@ class RD4ADConfig(TrainingOptions):
     width: float = 1.0  # bottleneck width: fused = last stage's channels x width, embedding twice that
     oce_blocks: int = 3  # residual blocks of the one-class embedding stage (paper: 3)
     decoder_blocks: int = 2  # residual blocks after each student upsampling (paper: 3, 4, 6)
-    loss_mode: str = "per_position"  # per_position (eq. 2: mean 1 - cos per position) | flatten (authors' code)
+    loss_mode: str = "flatten"  # flatten (authors' code; measured better here) | per_position (eq. 2: mean 1 - cos per position)
     blur_sigma: float = 4.0  # Gaussian smoothing of the map in pixels, applied by the runtime (paper: 4)
     epochs: int = 200  # passes over the training images (paper: 200 on a GPU); about 3.5 min per demo category here
     batch_size: int = 8  # images per optimiser step (paper: 16)
