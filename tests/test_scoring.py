@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from adexport.coreset import greedy_coreset
-from adexport.methods.common import anomaly_map, channel_pool_matrix, nearest, reference_image_scores, reference_postprocess
+from adexport.methods.common import channel_pool_matrix, nearest, reference_image_scores, reference_postprocess
 from adexport.methods.patchcore import projection_matrix
 from adx_runtime.knn import FaissBank, NumpyBank, load_bank
 from adx_runtime.postprocess import (MapPostprocessor, PostprocessSpec, bilinear_matrix, blur_matrix,
@@ -81,7 +81,7 @@ def test_torch_reference_knn_equals_brute_force(bank_data) -> None:
 @pytest.mark.parametrize("grid,out,sigma", [((8, 8), (64, 64), 4.0), ((7, 5), (56, 40), 2.5), ((4, 4), (16, 16), 4.0)])
 def test_runtime_map_equals_torch_interpolate_and_blur(grid, out, sigma) -> None:
     patch = rng.random((3, *grid)).astype(np.float32)
-    ref = anomaly_map(torch.from_numpy(patch), out, sigma).numpy()
+    ref = reference_postprocess(torch.from_numpy(patch), PostprocessSpec.gaussian(grid, sigma), out).numpy()
     got = MapPostprocessor(PostprocessSpec.gaussian(grid, sigma), out)(patch)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
 

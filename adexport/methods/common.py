@@ -16,12 +16,6 @@ import torch.nn.functional as F
 from adx_runtime.postprocess import PostprocessSpec, gaussian_kernel, gaussian_radius
 
 
-def anomaly_map(patch_maps: torch.Tensor, out_size: tuple[int, int], sigma: float) -> torch.Tensor:
-    """``(B, h, w) -> (B, H, W)``: bilinear upsampling (half-pixel centres), then a separable Gaussian
-    with reflect padding."""
-    return reference_postprocess(patch_maps, PostprocessSpec.gaussian((1, 1), sigma), out_size)
-
-
 def _separable(m: torch.Tensor, kh: np.ndarray, kw: np.ndarray) -> torch.Tensor:
     rh, rw = len(kh) // 2, len(kw) // 2
     m = F.conv2d(F.pad(m, (0, 0, rh, rh), mode="reflect"), torch.from_numpy(kh).float().view(1, 1, -1, 1))

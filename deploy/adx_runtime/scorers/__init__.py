@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -37,8 +37,6 @@ class Scorer(Protocol):
 
     def __call__(self, outputs: dict[str, np.ndarray]) -> ScoreOutput: ...
 
-
-ScorerFactory = Callable[[Path, dict[str, Any], str], Scorer]
 
 #: scoring kind -> "module:class"; the one table of runtime scorers (imported on first use).
 SCORERS: dict[str, str] = {
