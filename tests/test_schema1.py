@@ -31,9 +31,14 @@ def test_schema1_bundle_scores_identically(method: str, kind: str) -> None:
     assert predictor.manifest["scoring"]["kind"] == kind and predictor.manifest["upgraded_from_schema"] == 1
     got = predictor.predict([IMAGES / n for n in expected["images"]])
     np.testing.assert_allclose(got.image_scores, expected["image_scores"], rtol=1e-6, atol=0)
-    np.testing.assert_allclose(got.normalized_scores, expected["normalized_scores"], rtol=1e-6, atol=1e-7)
+    # Normalised scores are (raw - threshold) / (2 scale): the raw scores' float32 rounding (rtol 1e-6 of a
+    # raw score, which differs between ONNX Runtime releases) comes back divided by the scale, not by the
+    # score, so it is compared on its absolute [0, 1] scale.
+    np.testing.assert_allclose(got.normalized_scores, expected["normalized_scores"], rtol=0, atol=1e-5)
     assert got.labels.tolist() == expected["labels"]
-    np.testing.assert_allclose(got.anomaly_maps, np.load(root / "expected_maps.npy"), rtol=1e-6, atol=1e-9)
+    # Maps to a few float32 ulps: a blurred map sums hundreds of products, and their rounding moves with the
+    # ONNX Runtime release (1.32 differs from the one that wrote the fixtures by up to 1.1e-6 relative).
+    np.testing.assert_allclose(got.anomaly_maps, np.load(root / "expected_maps.npy"), rtol=1e-5, atol=1e-9)
 
 
 def test_schema1_bundle_is_still_checksummed(tmp_path: Path) -> None:
