@@ -21,7 +21,7 @@ def invoke(*args: str):
     return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
-COMMANDS = ["demo-data", "train", "methods", "export", "infer", "eval", "demo", "calibrate", "bench", "bench-fit"]
+COMMANDS = ["demo-data", "synth-preview", "train", "methods", "export", "infer", "eval", "demo", "calibrate", "bench", "bench-fit"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from adexport.methods import padim, patchcore, spade
+from adexport.methods import cutpaste
 from adexport.methods import rd4ad
 from adexport.methods import riad
 from adexport.methods.base import FittedMethod
@@ -48,6 +49,10 @@ METHODS: dict[str, MethodEntry] = {
     "rd4ad": MethodEntry(
         "rd4ad", "RD4AD: frozen teacher, one-class bottleneck, reverse-distilled student; cosine-distance map",
         rd4ad.RD4ADConfig, rd4ad.fit, rd4ad.FittedRD4AD,
+    ),
+    "cutpaste": MethodEntry(
+        "cutpaste", "CutPaste: encoder trained to spot pasted patches and scars; Gaussian density of its embeddings",
+        cutpaste.CutPasteConfig, cutpaste.fit, cutpaste.FittedCutPaste,
     ),
     "riad": MethodEntry(
         "riad", "RIAD: U-Net inpaints disjoint random masks of the image; multi-scale gradient-similarity map",

@@ -33,7 +33,7 @@ from adexport.backbones import DEFAULT_BACKBONE, BackboneInfo, FeatureExtractor,
 from adexport.methods.base import (TOLERANCE_APPROXIMATE, TOLERANCE_EXACT, ExportProperties, FittedMethod, Reference,
                                    backbone_and_preprocess, config_from_dict, graph_tensors, load_graph_tensors,
                                    run_graph)
-from adx_runtime.bundle import file_entry
+from adexport.methods.density import mahalanobis, regularised_gaussians, write_gaussian
 from adx_runtime.datasets import Sample
 from adx_runtime.errors import ConfigError
 from adx_runtime.postprocess import PostprocessSpec
@@ -93,18 +93,10 @@ class PadimGraph(nn.Module):
 
 def gaussian_fit(embeddings: torch.Tensor, epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(N, P, d)`` -> mean ``(P, d)`` and the Cholesky factor ``L (P, d, d)`` of the regularised
-    inverse covariance, ``S^-1 = L L^T``, computed in float64."""
-    x = embeddings.double()
-    n = x.shape[0]
-    if n < 2:
+    inverse covariance, ``S^-1 = L L^T``, computed in float64 (eq. 1: ``cov + eps I``)."""
+    if embeddings.shape[0] < 2:
         raise ConfigError("PaDiM needs at least 2 training images to estimate covariances")
-    mean = x.mean(0)
-    xc = x - mean
-    cov = torch.einsum("npd,npe->pde", xc, xc) / (n - 1)
-    cov += epsilon * torch.eye(x.shape[-1], dtype=torch.float64)
-    inv = torch.linalg.inv(cov)
-    chol = torch.linalg.cholesky((inv + inv.transpose(1, 2)) / 2)  # symmetrise rounding before factoring
-    return mean.float(), chol
+    return regularised_gaussians(embeddings, epsilon)
 
 
 class FittedPadim(FittedMethod):
@@ -125,10 +117,7 @@ class FittedPadim(FittedMethod):
     @torch.no_grad()
     def reference(self, x: torch.Tensor, *, exact: bool = True) -> Reference:
         emb = self._graph(x)  # (B, P, d)
-        diff = (emb.double() if exact else emb) - self.mean.to(torch.float64 if exact else torch.float32)
-        chol = self.chol if exact else self.chol.float()
-        y = torch.einsum("bpd,pde->bpe", diff, chol)
-        dist = y.pow(2).sum(-1).sqrt().float()  # (B, P)
+        dist = mahalanobis(emb, self.mean, self.chol, exact=exact)  # (B, P)
         maps = self.reference_maps(dist.view(len(x), *self._graph.grid))
         return Reference({"embedding": emb}, self.reference_image_scores(maps), maps)
 
@@ -139,22 +128,9 @@ class FittedPadim(FittedMethod):
         return ExportProperties(TOLERANCE_EXACT if self.config.store_dtype == "float32" else TOLERANCE_APPROXIMATE)
 
     def write_scoring_data(self, bundle_dir: Path, **_: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        dtype = np.dtype(self.config.store_dtype)
-        P, d = self.mean.shape
-        rows, cols = np.tril_indices(d)
-        packed = self.chol.numpy()[:, rows, cols].astype(dtype)  # (P, d (d + 1) / 2)
-        name = "gaussian.npz"
-        np.savez(bundle_dir / name, mean=self.mean.numpy().astype(np.float32), chol_packed=packed)
-        entry = file_entry(bundle_dir, name, "npz", arrays={
-            "mean": {"shape": [P, d], "dtype": "float32"},
-            "chol_packed": {"shape": list(packed.shape), "dtype": dtype.name},
-        })
-        scoring = {
-            "embedding_output": "embedding",
-            "gaussian": {"file": name, "form": "cholesky-of-inverse, packed lower triangle (numpy tril_indices order)",
-                         "dtype": dtype.name, "positions": P, "dim": d, "epsilon": self.config.epsilon},
-        }
-        return scoring, [entry]
+        gaussian, entry = write_gaussian(bundle_dir, self.mean, self.chol, self.config.store_dtype,
+                                         epsilon=self.config.epsilon)
+        return {"embedding_output": "embedding", "gaussian": gaussian}, [entry]
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {**graph_tensors(self._graph), "mean": self.mean, "chol": self.chol}

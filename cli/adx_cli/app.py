@@ -126,6 +126,31 @@ def demo_data(
         typer.echo(f"{out / cat}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
+@app.command("synth-preview")
+@handle_errors
+def synth_preview(
+    dataset: Annotated[Path, typer.Argument(help="Dataset root in the MVTec AD layout, or one category folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the grid PNGs, one per kind (created).")],
+    category: Annotated[Optional[str], typer.Option("--category", "-c", help="Category folder inside DATASET.")] = None,
+    kind: Annotated[str, typer.Option(help="Comma-separated anomaly kinds: cutpaste, scar, texture.")] = "cutpaste,scar,texture",
+    n: Annotated[int, typer.Option("--n", help="Training images to draw on (the first N of train/good).")] = 8,
+    image_size: Annotated[int, typer.Option(help="Side the images are resized to, in pixels; scar sizes scale with it.")] = 128,
+    seed: Annotated[int, typer.Option(help="Same seed, same pictures.")] = 0,
+    textures: Annotated[Optional[Path], typer.Option(help="Folder of texture images (e.g. DTD) for texture anomalies; default: the generated textures except the category's own.")] = None,
+) -> None:
+    """Draw synthetic anomalies (CutPaste, scar, Perlin texture) on a category's training images, as grids.
+
+    Each PNG pairs a row of anomalous images with a row of the same images, the anomaly outlined in red.
+    """
+    from adx_synth.anomalies import write_preview  # noqa: PLC0415
+
+    kinds = tuple(k.strip() for k in kind.split(",") if k.strip())
+    paths = write_preview(dataset, category, out, kinds=kinds, n=n, image_size=image_size, seed=seed,
+                          textures=textures)
+    for path in paths:
+        typer.echo(str(path))
+
+
 # ---------------------------------------------------------------------------------------- train
 #: What --k sets in each method's config.
 K_OPTION = {"patchcore": "num_neighbors", "spade": "k"}

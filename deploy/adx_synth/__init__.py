@@ -3,12 +3,29 @@
 Real datasets cannot be downloaded everywhere (CI, air-gapped boxes), so the demo and the tests use
 these generators: texture categories with defects and exact masks (:func:`generate_demo_dataset`),
 and handwritten-like digits for one-class experiments (:func:`generate_digits`). The defect
-primitives (alpha shapes, strokes, warps, fills) work on any image, for anomaly synthesis.
+primitives (alpha shapes, strokes, warps, fills) work on any image, and :mod:`adx_synth.anomalies`
+synthesises training anomalies (CutPaste, CutPaste-scar, Perlin texture anomalies) on real images.
 
 Imports only numpy, Pillow and the standard library (scikit-learn on request). Nothing happens at
 import time.
 """
 
+from adx_synth.anomalies import (
+    ANOMALY_KINDS,
+    VARIANTS,
+    Synthetic,
+    TextureSource,
+    anomaly_batch,
+    color_jitter,
+    cutpaste,
+    cutpaste_batch,
+    perlin_mask,
+    perlin_noise,
+    preview_grid,
+    scar,
+    texture_anomaly,
+    write_preview,
+)
 from adx_synth.defects import (
     alpha_centroid,
     bilinear_sample,
@@ -32,23 +49,37 @@ from adx_synth.writer import (
 )
 
 __all__ = [
+    "ANOMALY_KINDS",
     "DEFECT_TYPES",
     "DEMO_CATEGORIES",
     "EXTRA_CATEGORIES",
+    "Synthetic",
+    "TextureSource",
+    "VARIANTS",
     "alpha_centroid",
+    "anomaly_batch",
     "bilinear_sample",
     "blob_alpha",
     "bump_warp",
+    "color_jitter",
     "count_demo_images",
+    "cutpaste",
+    "cutpaste_batch",
     "generate_demo_dataset",
     "generate_digits",
     "loguniform",
     "paint",
+    "perlin_mask",
+    "perlin_noise",
+    "preview_grid",
     "random_centre",
     "random_walk",
     "render_digit",
+    "scar",
     "stroke_alpha",
+    "texture_anomaly",
     "textured_fill",
     "tint",
+    "write_preview",
     "write_sklearn_digits",
 ]

@@ -1,5 +1,7 @@
 """The ``gaussian`` scoring kind: Mahalanobis distance to a Gaussian per position (PaDiM, Defard
-et al. 2021, eq. 2), or to one Gaussian over image embeddings (``P = 1``, image-level: CutPaste).
+et al. 2021, eq. 2), or to one Gaussian over image embeddings (``P = 1``, image-level: CutPaste),
+or to one Gaussian shared by every position of a map (statistics with ``P = 1``, a graph with a
+patch grid: CutPaste's patch-level localisation).
 
 ``M(x_p) = sqrt((x_p - mu_p)^T S_p^-1 (x_p - mu_p)) = ||L_p^T (x_p - mu_p)||`` with the stored
 Cholesky factor ``S_p^-1 = L_p L_p^T`` (a packed lower triangle, unpacked once at load; a float16
@@ -20,7 +22,14 @@ from adx_runtime.scorers import ScoreOutput
 
 
 def mahalanobis(embedding: np.ndarray, mean: np.ndarray, chol: np.ndarray) -> np.ndarray:
-    """``embedding (B, P, d)``, ``mean (P, d)``, ``chol (P, d, d)`` -> distances ``(B, P)``."""
+    """``embedding (B, P, d)``, ``mean (P, d)``, ``chol (P, d, d)`` -> distances ``(B, P)``.
+
+    With one Gaussian (``mean (1, d)``, ``chol (1, d, d)``) every position uses it: one
+    ``(B * P, d) @ (d, d)`` matmul."""
+    if mean.shape[0] == 1:
+        B, P, d = embedding.shape
+        y = (embedding.reshape(B * P, d) - mean) @ chol[0]
+        return np.sqrt(np.einsum("nd,nd->n", y, y)).reshape(B, P)
     x = np.ascontiguousarray((embedding - mean[None]).transpose(1, 0, 2))  # (P, B, d)
     y = np.matmul(x, chol)  # rows of x @ L = (L^T x)^T
     return np.sqrt(np.einsum("pbd,pbd->bp", y, y))
@@ -43,7 +52,7 @@ class GaussianScorer:
             raise BundleError(f"Gaussian bundle lacks {exc.args[0]!r} in its scoring data; re-export it") from None
         P, d = self.mean.shape
         positions = self.grid[0] * self.grid[1] if self.grid else 1
-        if packed.shape != (P, d * (d + 1) // 2) or P != positions:
+        if packed.shape != (P, d * (d + 1) // 2) or P not in (1, positions):
             raise BundleError(f"Gaussian statistics do not fit together: mean {self.mean.shape}, packed Cholesky "
                               f"{packed.shape}, grid {self.grid}")
         self.chol = np.zeros((P, d, d), np.float32)
@@ -54,8 +63,9 @@ class GaussianScorer:
         emb = outputs[self.output]
         if emb.ndim == 2:  # (B, d): one embedding per image
             emb = emb[:, None, :]
-        if emb.shape[1:] != self.mean.shape:
-            raise BundleError(f"graph gave embeddings {emb.shape}, the statistics expect (B, {self.mean.shape[0]}, "
+        positions = self.grid[0] * self.grid[1] if self.grid else 1
+        if emb.shape[1:] != (positions, self.mean.shape[1]):
+            raise BundleError(f"graph gave embeddings {emb.shape}, the statistics expect (B, {positions}, "
                               f"{self.mean.shape[1]})")
         dist = mahalanobis(emb, self.mean, self.chol).astype(np.float32)
         if self.grid is None:
