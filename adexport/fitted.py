@@ -44,7 +44,7 @@ def save_fitted(fitted: FittedMethod, out_dir: str | Path, *, overwrite: bool = 
         "dataset": fitted.dataset,
         "fit": {"seconds": fitted.report.phases, "total_seconds": fitted.report.total, "sizes": fitted.report.sizes,
                 "skipped_images": [{"file": f, "reason": r} for f, r in fitted.report.skipped],
-                "loss_history": fitted.report.loss_history},
+                "loss_history": fitted.report.loss_history, "notes": fitted.report.notes},
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
     }
@@ -76,4 +76,5 @@ def load_fitted(path: str | Path) -> FittedMethod:
     fitted.report.phases.update(meta.get("fit", {}).get("seconds", {}))
     fitted.report.sizes.update(meta.get("fit", {}).get("sizes", {}))
     fitted.report.loss_history = list(meta.get("fit", {}).get("loss_history", []))
+    fitted.report.notes = list(meta.get("fit", {}).get("notes", []))
     return fitted

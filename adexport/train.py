@@ -141,6 +141,7 @@ def format_fit_summary(fitted: FittedMethod, fit_seconds: float, out: str | Path
         shown = h if len(h) <= 12 else h[:6] + h[-6:]
         lines.append(f"loss per epoch ({len(h)} epochs{', first and last 6' if len(h) > 12 else ''}): "
                      + " ".join(f"{v:.4g}" for v in shown) + f"; curve in {Path(out) / 'loss_curve.png'}")
+    lines += r.notes
     cal = fitted.calibration["image"]
     lines.append(f"image threshold {cal['threshold']:.4g} ({cal['rule']})")
     if not fitted.calibration.get("pixel"):

@@ -85,6 +85,7 @@ class FitReport:
     sizes: dict[str, int] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason) not decodable
     loss_history: list[float] = field(default_factory=list)  # mean training loss per epoch (trained methods)
+    notes: list[str] = field(default_factory=list)  # what the user should know about this fit, one line each
 
     @property
     def total(self) -> float:

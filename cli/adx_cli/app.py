@@ -177,6 +177,8 @@ def train(
     epsilon: Annotated[Optional[float], typer.Option(help="PaDiM: covariance regularisation \\[default: 0.01].")] = None,
     map_stride: Annotated[Optional[int], typer.Option(help="SPADE: stride of the pixel-level feature map \\[default: 8].")] = None,
     store_dtype: Annotated[Optional[str], typer.Option(help="PaDiM/SPADE: float32 | float16 for the stored statistics/gallery \\[default: float32].")] = None,
+    textures: Annotated[Optional[str], typer.Option(help="PRNet: folder of foreign textures (e.g. DTD) for its synthetic anomalies \\[default: textures the project generates, minus the training category].")] = None,
+    anomalies: Annotated[Optional[str], typer.Option(help="PRNet: folder of real anomalies in the MVTec layout (test/<defect>/ with ground_truth/) mixed into training \\[default: none, synthetic only].")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for the holdout split, coreset, weights and shuffling \\[default: 0].")] = None,
     holdout: Annotated[float, typer.Option(help="Fraction of train/good kept out of the fit to calibrate thresholds.")] = 0.2,
     device: Annotated[str, typer.Option(help="Torch device: auto | cpu | cuda.")] = "auto",
@@ -187,7 +189,7 @@ def train(
 ) -> None:
     """Fit a method on the normal images of one category and write the fitted model (safetensors + JSON).
 
-    Trained networks (RD4AD, RIAD) show epoch, loss and time left, write a checkpoint every few epochs and
+    Trained networks (RD4AD, RIAD, CutPaste, PRNet) show epoch, loss and time left, write a checkpoint every few epochs and
     on Ctrl-C (resume with --resume), and draw their loss curve into OUT/loss_curve.png.
     """
     from adexport.train import run_training  # noqa: PLC0415
@@ -195,7 +197,8 @@ def train(
     shortcuts = {"backbone": backbone, "weights": weights, "layers": _parse_layers(layers), "image_size": image_size,
                  "epochs": epochs, "coreset_ratio": coreset_ratio, K_OPTION.get(method, "k"): k,
                  "target_dim": target_dim, "projection_dim": projection_dim, "n_features": n_features,
-                 "epsilon": epsilon, "map_stride": map_stride, "store_dtype": store_dtype, "seed": seed}
+                 "epsilon": epsilon, "map_stride": map_stride, "store_dtype": store_dtype, "textures": textures,
+                 "anomalies": anomalies, "seed": seed}
     text = run_training(dataset, out, category, method, shortcuts=shortcuts, assignments=set_ or [],
                         holdout=holdout, device=device, batch_size=batch_size, resume=resume, overwrite=overwrite,
                         progress=_progress(quiet))
