@@ -22,6 +22,8 @@ TINY_TRAINED: dict[str, dict] = {
     "rd4ad": {"backbone": "test_efficientnet", "weights": "random", "image_size": 32, "epochs": 2, "batch_size": 4,
               "width": 0.5, "oce_blocks": 1, "decoder_blocks": 1},
     "riad": {"image_size": 32, "epochs": 2, "batch_size": 4, "base_width": 4},
+    "prnet": {"backbone": "test_efficientnet", "weights": "random", "image_size": 32, "epochs": 2, "batch_size": 4,
+              "width": 8, "prototype_ratio": 0.25},
     "cutpaste": {"backbone": "test_efficientnet", "weights": "random", "image_size": 32, "epochs": 2, "batch_size": 4,
                  "head_layers": 0},
 }

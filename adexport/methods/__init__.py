@@ -13,6 +13,7 @@ from adexport.methods import padim, patchcore, spade
 from adexport.methods import cutpaste
 from adexport.methods import rd4ad
 from adexport.methods import riad
+from adexport.methods import prnet
 from adexport.methods.base import FittedMethod
 from adx_runtime.errors import ConfigError
 
@@ -57,6 +58,10 @@ METHODS: dict[str, MethodEntry] = {
     "riad": MethodEntry(
         "riad", "RIAD: U-Net inpaints disjoint random masks of the image; multi-scale gradient-similarity map",
         riad.RIADConfig, riad.fit, riad.FittedRIAD,
+    ),
+    "prnet": MethodEntry(
+        "prnet", "PRNet: residuals to normal prototypes, multi-size attention, segmentation trained on synthetic anomalies",
+        prnet.PRNetConfig, prnet.fit, prnet.FittedPRNet,
     ),
 }
 
