@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from adexport.export import export_bundle
-from adx_runtime.bundle import SCHEMA_VERSION, load_manifest, sha256_file
+from adx_runtime.bundle import SCHEMA_VERSION, integrity_section, load_manifest, sha256_file
 from adx_runtime.errors import BundleError, ExportError
 from adx_runtime.predictor import Predictor
 
@@ -55,6 +56,17 @@ def _edit_manifest(bundle: Path, **changes) -> None:
     path.write_text(json.dumps(m))
 
 
+def _rewrite(bundle: Path, edit, *, reseal: bool) -> None:
+    """Apply ``edit(manifest)``; with ``reseal`` record fresh digests, as an exporter would (a test of a
+    check behind the digest), without it leave them as they were (a hand edit)."""
+    path = bundle / "manifest.json"
+    m = json.loads(path.read_text())
+    edit(m)
+    if reseal:
+        m["integrity"] = integrity_section(m)
+    path.write_text(json.dumps(m))
+
+
 @pytest.mark.parametrize("version,hint", [(SCHEMA_VERSION + 1, "upgrade adexport"), (0, "re-export")])
 def test_wrong_schema_version_is_refused(bundle_copy: Path, version: int, hint: str) -> None:
     _edit_manifest(bundle_copy, schema_version=version)
@@ -78,9 +90,7 @@ def test_runtime_dispatches_on_scoring_kind_not_method_name(bundle_copy: Path) -
 
 
 def test_garbled_manifest_and_unknown_scoring_kind(bundle_copy: Path) -> None:
-    m = json.loads((bundle_copy / "manifest.json").read_text())
-    m["scoring"]["kind"] = "flow"
-    (bundle_copy / "manifest.json").write_text(json.dumps(m))
+    _rewrite(bundle_copy, lambda m: m["scoring"].update(kind="flow"), reseal=True)  # a newer exporter's kind
     with pytest.raises(BundleError, match="scoring kind 'flow'.*not known.*knn, gallery, gaussian, map"):
         Predictor.load(bundle_copy)
     (bundle_copy / "manifest.json").write_text("{not json")
@@ -89,10 +99,141 @@ def test_garbled_manifest_and_unknown_scoring_kind(bundle_copy: Path) -> None:
 
 
 def test_path_escaping_the_bundle_is_refused(bundle_copy: Path) -> None:
-    m = json.loads((bundle_copy / "manifest.json").read_text())
-    m["files"][1]["path"] = "../elsewhere.faiss"
-    (bundle_copy / "manifest.json").write_text(json.dumps(m))
+    def edit(m):
+        m["files"][1]["path"] = "../elsewhere.faiss"
+    _rewrite(bundle_copy, edit, reseal=True)
     with pytest.raises(BundleError, match="outside the bundle"):
+        Predictor.load(bundle_copy)
+
+
+# ------------------------------------------------------------------ every opened file is verified
+def _flip_byte(path: Path, at: int = 200) -> None:
+    with open(path, "r+b") as f:
+        f.seek(at)
+        byte = f.read(1)
+        f.seek(at)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_bank_dropped_from_files_is_not_loaded_unverified(bundle_copy: Path) -> None:
+    """Removing the bank's entry from ``files`` used to skip its checksum while the scorer still loaded it."""
+    _flip_byte(bundle_copy / "memory_bank.faiss")
+    _rewrite(bundle_copy, lambda m: m.update(files=[f for f in m["files"] if f["path"] != "memory_bank.faiss"]),
+             reseal=True)
+    with pytest.raises(BundleError, match="scoring.bank.file 'memory_bank.faiss' is not listed in the manifest's files"):
+        Predictor.load(bundle_copy)
+
+
+@pytest.mark.parametrize("name,reason", [
+    ("../../other/memory_bank.faiss", "outside the bundle folder .absolute path or '..'"),
+    ("/etc/passwd", "outside the bundle folder .absolute path or '..'"),
+    ("link.faiss", "outside the bundle folder .a symbolic link"),
+    ("spare.faiss", "is not listed in the manifest's files"),
+])
+def test_scoring_file_outside_or_unlisted_is_refused(bundle_copy: Path, tmp_path: Path, name: str, reason: str) -> None:
+    outside = tmp_path / "other"
+    outside.mkdir()
+    (outside / "memory_bank.faiss").write_bytes((bundle_copy / "memory_bank.faiss").read_bytes())
+    (bundle_copy / "link.faiss").symlink_to(outside / "memory_bank.faiss")
+    (bundle_copy / "spare.faiss").write_bytes((bundle_copy / "memory_bank.faiss").read_bytes())
+    _rewrite(bundle_copy, lambda m: m["scoring"]["bank"].update(file=name), reseal=True)
+    with pytest.raises(BundleError, match=f"scoring.bank.file '{re.escape(name)}' .*{reason}"):
+        Predictor.load(bundle_copy)
+
+
+def test_listed_file_symlinked_out_of_the_bundle_is_refused(bundle_copy: Path, tmp_path: Path) -> None:
+    real = tmp_path / "elsewhere.faiss"
+    (bundle_copy / "memory_bank.faiss").rename(real)
+    (bundle_copy / "memory_bank.faiss").symlink_to(real)  # same bytes, same checksum, outside the folder
+    with pytest.raises(BundleError, match="outside the bundle folder .a symbolic link"):
+        Predictor.load(bundle_copy)
+
+
+# ------------------------------------------------------------------ the manifest is protected
+@pytest.mark.parametrize("section,edit", [
+    ("input", lambda m: m["input"].update(mean=[0.0, 0.0, 0.0])),
+    ("postprocess", lambda m: m["postprocess"].update(patch_grid=[16, 64])),
+    ("scoring", lambda m: m["scoring"].update(num_neighbors=1)),
+    ("graph", lambda m: m["graph"].update(opset=11)),
+    ("files", lambda m: m["files"][0].update(kind="x")),
+])
+def test_hand_edit_of_a_protected_section_is_refused(bundle_copy: Path, section: str, edit) -> None:
+    _rewrite(bundle_copy, edit, reseal=False)
+    with pytest.raises(BundleError, match=f"protected section {section} changed after export.*adx calibrate"):
+        Predictor.load(bundle_copy)
+
+
+def test_thresholds_stay_editable_and_formatting_does_not_matter(bundle_copy: Path) -> None:
+    path = bundle_copy / "manifest.json"
+    m = json.loads(path.read_text())
+    m["calibration"]["image"]["threshold"] = 123.0
+    path.write_text(json.dumps(m, indent=None, sort_keys=True))  # re-ordered and re-indented
+    assert Predictor.load(bundle_copy).image_threshold == 123.0
+
+
+def test_schema2_manifest_without_integrity_is_refused(bundle_copy: Path) -> None:
+    _rewrite(bundle_copy, lambda m: m.pop("integrity"), reseal=False)
+    with pytest.raises(BundleError, match="no integrity section.*Re-export the bundle"):
+        Predictor.load(bundle_copy)
+
+
+def _set(path: str, value):
+    def edit(m):
+        *parents, last = path.split(".")
+        node = m
+        for p in parents:
+            node = node[int(p)] if isinstance(node, list) else node[p]
+        if isinstance(node, list):
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit,message", [
+    (_set("calibration.image.threshold", "abc"), "calibration.image.threshold must be a finite number, got 'abc'"),
+    (_set("calibration.image.threshold", None), "calibration.image.threshold must be a finite number, got None"),
+    (_set("files.1", {"kind": "faiss", "sha256": "0" * 64}), r"files\[1\].path must be a file name"),
+    (_set("files", {"model.onnx": {}}), "files must be a non-empty list"),
+    (_set("graph.inputs", []), "graph.inputs must be a non-empty list"),
+    (_set("schema_version", True), "schema version True"),
+    (_set("schema_version", 1.0), "schema version 1.0"),
+    (_set("calibration", "x"), "calibration.image must be an object"),
+])
+def test_malformed_fields_are_one_line_errors(bundle_copy: Path, edit, message: str) -> None:
+    _rewrite(bundle_copy, edit, reseal=True)
+    with pytest.raises(BundleError, match=message) as info:
+        Predictor.load(bundle_copy)
+    assert "\n" not in str(info.value)
+
+
+def test_nan_in_manifest_deep_nesting_and_huge_manifest(bundle_copy: Path) -> None:
+    path = bundle_copy / "manifest.json"
+    text = path.read_text()
+    path.write_text(text.replace('"threshold":', '"threshold": NaN, "x":', 1))
+    with pytest.raises(BundleError, match="not valid JSON.*NaN is not JSON"):
+        Predictor.load(bundle_copy)
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(BundleError, match="nests too deeply|not valid JSON"):
+        Predictor.load(bundle_copy)
+    with open(path, "wb") as f:
+        f.truncate(300_000_000)  # sparse: 300 MB without writing them
+    with pytest.raises(BundleError, match="300,000,000 bytes, more than a manifest can be"):
+        Predictor.load(bundle_copy)
+
+
+def test_graph_that_does_not_match_the_manifest_is_refused_at_load(bundle_copy: Path) -> None:
+    def rename(m):
+        m["graph"]["outputs"][0]["name"] = "features"
+        m["scoring"]["feature_output"] = "features"
+    _rewrite(bundle_copy, rename, reseal=True)
+    with pytest.raises(BundleError, match=r"does not match its manifest: output names \['patch_features'\] in the graph"):
+        Predictor.load(bundle_copy)
+
+
+def test_graph_shape_mismatch_is_refused_at_load(bundle_copy: Path) -> None:
+    _rewrite(bundle_copy, lambda m: m["graph"]["outputs"][0].update(shape=["batch", 64, 81]), reseal=True)
+    with pytest.raises(BundleError, match=r"output 'patch_features' has shape \[None, 64, 80\] in the graph"):
         Predictor.load(bundle_copy)
 
 
