@@ -23,8 +23,8 @@ import torch
 from adexport.fitted import load_fitted
 from adexport.methods.base import EXPORT_OPTIONS, TOLERANCE_EXACT, TOLERANCE_FP16, FittedMethod, config_to_dict
 from adx_runtime import __version__
-from adx_runtime.bundle import (BUNDLE_FORMAT, MANIFEST, SCHEMA_VERSION, atomic_dir, file_entry, integrity_section,
-                                write_json_atomic)
+from adx_runtime.bundle import (BUNDLE_FORMAT, MANIFEST, SCHEMA_VERSION, atomic_dir, check_replaceable, file_entry,
+                                integrity_section, write_json_atomic)
 from adx_runtime.errors import ConfigError, ExportError, ProviderError
 from adx_runtime.predictor import Predictor, tensorrt_provider_options
 from adx_runtime.preprocess import load_image, stack
@@ -194,6 +194,7 @@ def export_bundle(
             "and build the engine there."
         )
     images = _parity_images(fitted, parity_images)
+    check_replaceable(out, overwrite)
     seconds: dict[str, float] = {}
     with atomic_dir(out, overwrite=overwrite) as tmp:
         t0 = time.perf_counter()

@@ -167,7 +167,7 @@ def run_training(
     """``adx train``: options from shortcut flags and ``--set KEY=VALUE``, fit, save; returns the
     summary to print. A trained method checkpoints into ``OUT.checkpoint.pt`` (removed once the
     model folder is written) and resumes from it with ``resume``."""
-    from adexport.fitted import save_fitted  # noqa: PLC0415
+    from adexport.fitted import check_replaceable, save_fitted  # noqa: PLC0415
     from adexport.methods.options import parse_assignments  # noqa: PLC0415
     from adexport.training import checkpoint_path  # noqa: PLC0415
 
@@ -179,8 +179,7 @@ def run_training(
         raise ConfigError(f"{', '.join(both)} given both as a flag and with --set; give each option once")
     options.update(explicit)
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise ConfigError(f"{str(out)!r} already exists; choose another --out or pass --overwrite")
+    check_replaceable(out, overwrite)  # before the fit, not after it
     run = None
     if entry.trained:
         run = TrainingRun(checkpoint_path(out), resume=resume)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from adexport.export import export_bundle
 from adx_runtime.bundle import SCHEMA_VERSION, integrity_section, load_manifest, sha256_file
 from adx_runtime.errors import BundleError, ExportError
 from adx_runtime.predictor import Predictor
+
+from conftest import TINY
 
 
 def test_manifest_records_the_contract(bundle: Path) -> None:
@@ -255,3 +258,61 @@ def test_approximate_index_gets_the_looser_tolerance(model_dir: Path, tmp_path: 
     m = export_bundle(model_dir, tmp_path / "hnsw", index_type="HNSW16")
     assert not m["scoring"]["bank"]["exact"]
     assert m["parity"]["tolerance"]["image_scores"] == 5e-2 and m["parity"]["passed"]
+
+
+# ------------------------------------------------------------------ --overwrite replaces only a bundle
+def test_overwrite_refuses_a_folder_that_is_not_a_bundle(model_dir: Path, tmp_path: Path) -> None:
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("keep me")
+    with pytest.raises(BundleError, match="refusing to overwrite .*not a bundle .it has no manifest.json."):
+        export_bundle(model_dir, notes, overwrite=True)
+    assert (notes / "todo.txt").read_text() == "keep me"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(BundleError, match="exists and is not a folder"):
+        export_bundle(model_dir, tmp_path / "file", overwrite=True)
+
+
+def test_overwrite_refuses_a_bundle_holding_other_files(bundle_copy: Path, model_dir: Path) -> None:
+    (bundle_copy / "notes.txt").write_text("measurements")
+    with pytest.raises(BundleError, match=r"holds files that are not part of the bundle \(notes.txt\)"):
+        export_bundle(model_dir, bundle_copy, overwrite=True)
+    assert (bundle_copy / "notes.txt").is_file() and (bundle_copy / "manifest.json").is_file()
+
+
+def test_overwrite_replaces_a_bundle_and_a_failed_swap_loses_nothing(bundle_copy: Path, model_dir: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import adx_runtime.bundle as bundle_mod
+
+    before = (bundle_copy / "manifest.json").read_bytes()
+    real_replace = os.replace
+    calls = []
+
+    def flaky(src, dst):
+        if Path(dst).name in ("bundle", ".bundle.old"):
+            calls.append((Path(src).name, Path(dst).name))
+        if Path(src).name.endswith(".partial"):  # the new bundle into place, after the old one was moved aside
+            raise OSError("disk full")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(bundle_mod.os, "replace", flaky)
+    with pytest.raises(OSError, match="disk full"):
+        export_bundle(model_dir, bundle_copy, overwrite=True)
+    assert calls[0] == ("bundle", ".bundle.old") and calls[-1] == (".bundle.old", "bundle")
+    assert (bundle_copy / "manifest.json").read_bytes() == before  # put back
+    monkeypatch.setattr(bundle_mod.os, "replace", real_replace)
+    export_bundle(model_dir, bundle_copy, overwrite=True)
+    assert (bundle_copy / "manifest.json").read_bytes() != before
+    assert sorted(p.name for p in bundle_copy.parent.iterdir()) == ["bundle"]  # no .old, no .partial left
+
+
+def test_train_overwrite_refuses_a_folder_that_is_not_a_model(dataset: Path, tmp_path: Path) -> None:
+    from adexport.train import run_training
+    from adx_runtime.errors import ConfigError
+
+    keep = tmp_path / "results"
+    keep.mkdir()
+    (keep / "paper.tex").write_text("draft")
+    with pytest.raises(ConfigError, match="refusing to overwrite .*not a fitted model .it has no model.json."):
+        run_training(dataset, keep, "weave", "patchcore", shortcuts=dict(TINY), overwrite=True)
+    assert (keep / "paper.tex").read_text() == "draft"

@@ -169,3 +169,18 @@ def test_a_method_that_declares_fp16_unsafe_refuses_it_before_anything_else(data
     with pytest.raises(ConfigError, match=r"rd4ad refuses float16 TensorRT engines: .*3 significant digits"):
         export_bundle(fitted, tmp_path / "b", fmt="tensorrt", fp16=True)
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_threshold_is_refused(bundle: Path, dataset: Path, value: str) -> None:
+    image = sorted((dataset / "weave" / "test" / "good").glob("*.png"))[0]
+    r = invoke("infer", bundle, image, "--threshold", value)
+    assert r.exit_code == 1 and "--threshold must be a finite number" in r.stderr and not r.stdout.strip()
+
+
+def test_json_lines_never_hold_nan() -> None:
+    from adx_runtime.infer import json_line
+
+    line = json_line({"path": "a.png", "image_score": float("nan"), "normalized_score": float("inf"), "label": None})
+    assert json.loads(line) == {"path": "a.png", "image_score": None, "normalized_score": None, "label": None}
+    assert "NaN" not in line and "Infinity" not in line

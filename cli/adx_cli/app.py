@@ -157,7 +157,7 @@ def train(
     device: Annotated[str, typer.Option(help="Torch device: auto | cpu | cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass for feature extraction and calibration (a trained method's optimiser batch is --set batch_size=N).")] = 8,
     resume: Annotated[bool, typer.Option(help="Trained methods: go on from OUT.checkpoint.pt (written every checkpoint_every epochs and on Ctrl-C).")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it is a fitted model written by `adx train` (anything else is refused).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Fit a method on the normal images of one category and write the fitted model (safetensors + JSON).
@@ -203,7 +203,7 @@ def export(
     parity_tolerance: Annotated[Optional[float], typer.Option(help="Relative tolerance for scores and maps \\[default: the method's, 1e-3 for exact scoring].")] = None,
     max_batch: Annotated[int, typer.Option(help="TensorRT: largest batch of the engine's shape profile.")] = 16,
     fp16: Annotated[bool, typer.Option(help="TensorRT: build a float16 engine (parity measured against float32 torch); methods that lose accuracy in fp16 refuse it.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it is a bundle (anything else is refused); the old one is kept until the new one is in place.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
     """Export a fitted model to a bundle: ONNX graph, scoring data, manifest, parity check."""

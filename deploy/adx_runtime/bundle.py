@@ -470,6 +470,23 @@ def is_bundle_folder(path: Path) -> str | None:
     return None
 
 
+def check_replaceable(dest: str | Path, overwrite: bool, *,
+                      replaceable: Callable[[Path], str | None] = is_bundle_folder, what: str = "bundle") -> None:
+    """Refuse an existing ``dest`` unless ``overwrite`` and it is a ``what`` (see :func:`atomic_dir`)."""
+    dest = Path(dest)
+    if not (dest.exists() or dest.is_symlink()):
+        return
+    if not overwrite:
+        raise BundleError(f"{str(dest)!r} already exists; choose another path or pass --overwrite")
+    if dest.is_symlink() or not dest.is_dir():
+        raise BundleError(f"{str(dest)!r} exists and is not a folder; --overwrite replaces only a {what} folder. "
+                          "Choose another path or remove it yourself.")
+    reason = replaceable(dest)
+    if reason is not None:
+        raise BundleError(f"refusing to overwrite {str(dest)!r}: it is not a {what} ({reason}); --overwrite "
+                          f"replaces only a {what}. Choose another path or move those files away first.")
+
+
 @contextlib.contextmanager
 def atomic_dir(dest: str | Path, *, overwrite: bool = False,
                replaceable: Callable[[Path], str | None] = is_bundle_folder, what: str = "bundle") -> Iterator[Path]:
@@ -482,16 +499,7 @@ def atomic_dir(dest: str | Path, *, overwrite: bool = False,
     this process id, so one left by a killed process is removed at the next write to ``dest``.
     """
     dest = Path(dest)
-    if dest.exists() or dest.is_symlink():
-        if not overwrite:
-            raise BundleError(f"{str(dest)!r} already exists; choose another path or pass --overwrite")
-        if dest.is_symlink() or not dest.is_dir():
-            raise BundleError(f"{str(dest)!r} exists and is not a folder; --overwrite replaces only a {what} folder. "
-                              "Choose another path or remove it yourself.")
-        reason = replaceable(dest)
-        if reason is not None:
-            raise BundleError(f"refusing to overwrite {str(dest)!r}: it is not a {what} ({reason}); --overwrite "
-                              f"replaces only a {what}. Choose another path or move those files away first.")
+    check_replaceable(dest, overwrite, replaceable=replaceable, what=what)
     dest.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_partials(dest)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.pid{os.getpid()}.", suffix=".partial", dir=dest.parent))
@@ -507,7 +515,11 @@ def atomic_dir(dest: str | Path, *, overwrite: bool = False,
                                       f"{what}; move it away and run again")
                 shutil.rmtree(old)
             os.replace(dest, old)
-            os.replace(tmp, dest)
+            try:
+                os.replace(tmp, dest)
+            except BaseException:
+                os.replace(old, dest)  # put the old one back: a failure here loses nothing
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, dest)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Sequence
+from typing import IO, Any, Sequence
 
 from adx_runtime.errors import ConfigError
 from adx_runtime.images import decode_image
@@ -39,6 +40,12 @@ class InferSummary:
         if self.maps_dir is not None:
             line += f"; maps in {self.maps_dir}"
         return "\n".join([line, *self.notes])
+
+
+def json_line(row: dict[str, Any]) -> str:
+    """One JSON object on one line; a missing or non-finite number is null (never the non-JSON NaN)."""
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+    return json.dumps(clean, allow_nan=False)
 
 
 def overlay_names(paths: Sequence[Path]) -> dict[str, str]:
@@ -100,7 +107,7 @@ def score_files(
                 row = {"path": res.path, "error": res.error} if res.error else {
                     "path": res.path, "image_score": res.image_score, "normalized_score": res.normalized_score,
                     "label": label}
-                sink.write(json.dumps(row) + "\n")
+                sink.write(json_line(row) + "\n")
             if want_maps and res.ok and res.anomaly_map is not None:
                 assert save_maps is not None and res.size is not None
                 norm = predictor.normalized_maps(res.anomaly_map)

@@ -259,6 +259,11 @@ class Predictor:
                     yield FileResult(path=path, error=error)
                     continue
                 assert pred is not None
+                if not math.isfinite(float(pred.image_scores[j])):
+                    yield FileResult(path=path, size=size, error=f"the model gave a non-finite score "
+                                     f"({float(pred.image_scores[j])}) for this image; it was not labelled")
+                    j += 1
+                    continue
                 yield FileResult(
                     path=path,
                     image_score=float(pred.image_scores[j]),
