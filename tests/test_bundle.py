@@ -316,3 +316,120 @@ def test_train_overwrite_refuses_a_folder_that_is_not_a_model(dataset: Path, tmp
     with pytest.raises(ConfigError, match="refusing to overwrite .*not a fitted model .it has no model.json."):
         run_training(dataset, keep, "weave", "patchcore", shortcuts=dict(TINY), overwrite=True)
     assert (keep / "paper.tex").read_text() == "draft"
+
+
+# ------------------------------------------------------------------ permissions follow the umask
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_bundle_and_model_folders_follow_the_umask(fitted, model_dir: Path, tmp_path: Path) -> None:
+    from adexport.fitted import save_fitted
+
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "b"
+        export_bundle(model_dir, out)
+        model = save_fitted(fitted, tmp_path / "m")
+    finally:
+        os.umask(old)
+    assert _mode(out) == 0o755 and _mode(out / "manifest.json") == 0o644 and _mode(out / "model.onnx") == 0o644
+    assert _mode(model) == 0o755 and _mode(model / "model.json") == 0o644
+
+
+def test_calibrate_keeps_the_manifest_mode(bundle_copy: Path, dataset: Path) -> None:
+    from adx_runtime.recalibrate import recalibrate
+
+    os.chmod(bundle_copy / "manifest.json", 0o644)
+    recalibrate(bundle_copy, dataset, "weave")
+    assert _mode(bundle_copy / "manifest.json") == 0o644
+
+
+# ------------------------------------------------------------------ concurrent calibrate
+def test_two_calibrate_runs_at_once_both_land(bundle_copy: Path, dataset: Path) -> None:
+    import threading
+
+    from adx_runtime.recalibrate import recalibrate
+
+    errors: list[BaseException] = []
+
+    def run(mode: str) -> None:
+        try:
+            recalibrate(bundle_copy, dataset, "weave", mode=mode, fpr=0.0)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(m,)) for m in ("f1", "fpr")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    history = json.loads((bundle_copy / "manifest.json").read_text())["calibration"]["history"]
+    assert sorted(h["mode"] for h in history if h.get("action") == "calibrate") == ["f1", "fpr"]  # none lost
+    Predictor.load(bundle_copy)
+
+
+def test_calibrate_waits_for_the_lock_then_fails_clearly(bundle_copy: Path, dataset: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import adx_runtime.bundle as bundle_mod
+    from adx_runtime.bundle import manifest_lock
+    from adx_runtime.recalibrate import recalibrate
+
+    monkeypatch.setattr(bundle_mod, "LOCK_TIMEOUT_S", 0.3)
+    before = (bundle_copy / "manifest.json").read_bytes()
+    with manifest_lock(bundle_copy):
+        with pytest.raises(BundleError, match="another process is changing the manifest.*waited 0.3 s"):
+            recalibrate(bundle_copy, dataset, "weave")
+    assert (bundle_copy / "manifest.json").read_bytes() == before
+
+
+# ------------------------------------------------------------------ a killed export
+@pytest.mark.parametrize("phase", ["export_onnx", "_write_manifest", "parity_check", "_refuse_if_failed"])
+def test_export_stopped_at_any_phase_leaves_no_bundle(model_dir: Path, tmp_path: Path, phase: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import adexport.export as export_mod
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt  # what Ctrl-C raises; not an Exception, so nothing swallows it
+
+    monkeypatch.setattr(export_mod, phase, boom)
+    out = tmp_path / "b"
+    with pytest.raises(KeyboardInterrupt):
+        export_bundle(model_dir, out)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    export_bundle(model_dir, out)
+    Predictor.load(out)
+
+
+def test_sigkilled_export_is_refused_and_cleaned_up_by_the_next(model_dir: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "b"
+    script = (
+        "import os, signal, sys\n"
+        "import adexport.export as e\n"
+        "def die(*a, **k):\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "e.parity_check = die\n"
+        "e.export_bundle(sys.argv[1], sys.argv[2])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(model_dir), str(out)], capture_output=True, timeout=300)
+    assert proc.returncode == -9
+    partial = [p for p in tmp_path.iterdir()]
+    assert len(partial) == 1 and partial[0].name.endswith(".partial") and not out.exists()
+    assert (partial[0] / "manifest.json").is_file()  # killed after the manifest was written
+    with pytest.raises(BundleError, match="no completed parity check.*Re-export it"):
+        Predictor.load(partial[0])
+    export_bundle(model_dir, out)  # the dead process's folder is removed
+    assert [p.name for p in tmp_path.iterdir()] == ["b"]
+    Predictor.load(out)
+
+
+def test_partial_folder_of_a_live_process_is_left_alone(model_dir: Path, tmp_path: Path) -> None:
+    live = tmp_path / f".b.pid{os.getpid()}.abcd.partial"
+    live.mkdir()
+    export_bundle(model_dir, tmp_path / "b")
+    assert live.is_dir()
