@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 from pathlib import Path
 
@@ -184,3 +185,82 @@ def test_json_lines_never_hold_nan() -> None:
     line = json_line({"path": "a.png", "image_score": float("nan"), "normalized_score": float("inf"), "label": None})
     assert json.loads(line) == {"path": "a.png", "image_score": None, "normalized_score": None, "label": None}
     assert "NaN" not in line and "Infinity" not in line
+
+
+# ------------------------------------------------------------------ outputs are checked before scoring
+def test_bad_output_targets_are_refused_before_scoring(bundle: Path, dataset: Path, tmp_path: Path) -> None:
+    import shutil
+
+    image = tmp_path / "img.png"
+    shutil.copy(sorted((dataset / "weave" / "test" / "good").glob("*.png"))[0], image)
+    before = image.read_bytes()
+    (tmp_path / "afile").write_text("x")
+    cases = [
+        (["-o", tmp_path / "missing" / "s.jsonl"], "does not exist; create it first"),
+        (["-o", tmp_path], "is a folder; give a file name"),
+        (["-o", image], "is one of the input images"),
+        (["--save-maps", tmp_path / "afile"], "is a file, not a folder"),
+    ]
+    for extra, message in cases:
+        r = invoke("infer", bundle, image, *extra)
+        assert r.exit_code == 1 and message in r.stderr and "Traceback" not in r.stderr, (extra, r.stderr)
+        assert not r.stdout.strip()  # nothing scored
+    assert image.read_bytes() == before and (tmp_path / "afile").read_text() == "x"
+
+
+def test_save_maps_without_pixel_calibration_scores_every_image(bundle_copy: Path, dataset: Path,
+                                                                tmp_path: Path) -> None:
+    m = json.loads((bundle_copy / "manifest.json").read_text())
+    m["calibration"]["pixel"] = None
+    (bundle_copy / "manifest.json").write_text(json.dumps(m))
+    images = sorted((dataset / "weave" / "test" / "good").glob("*.png"))
+    r = invoke("infer", bundle_copy, *images, "--save-maps", tmp_path / "maps")
+    assert r.exit_code == 0, r.stderr
+    assert len([line for line in r.stdout.splitlines() if line.startswith("{")]) == len(images)
+    assert len(list((tmp_path / "maps").glob("*_heatmap.png"))) == len(images)
+    assert "no pixel calibration: each heatmap is scaled to its own map's range" in r.stderr
+
+
+# ------------------------------------------------------------------ every named path and image-like entry gets a line
+def test_folder_scan_reports_every_image_like_entry(bundle: Path, dataset: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from PIL import Image
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    good = sorted((dataset / "weave" / "test" / "good").glob("*.png"))[0]
+    shutil.copy(good, folder / "a_good.png")
+    os.mkfifo(folder / "b_pipe.png")
+    (folder / "c_dev.png").symlink_to("/dev/null")
+    (folder / "d_dirlink.png").symlink_to(tmp_path)
+    Image.new("P", (8, 8)).save(folder / "e.gif")
+    (folder / "f_dir.png").mkdir()
+    (folder / "notes.txt").write_text("not an image")
+    r = invoke("infer", bundle, folder)
+    assert r.exit_code == EXIT_SOME_FAILED
+    lines = {Path(d["path"]).name: d for d in (json.loads(x) for x in r.stdout.splitlines() if x.startswith("{"))}
+    assert sorted(lines) == ["a_good.png", "b_pipe.png", "c_dev.png", "d_dirlink.png", "e.gif", "f_dir.png"]
+    assert "error" not in lines["a_good.png"] and "FIFO" in lines["b_pipe.png"]["error"]
+    assert "character device" in lines["c_dev.png"]["error"] and "symbolic link to a folder" in lines["d_dirlink.png"]["error"]
+    assert "unsupported image format 'GIF'" in lines["e.gif"]["error"] and "is a folder" in lines["f_dir.png"]["error"]
+
+
+def test_a_missing_path_among_many_gets_its_own_line(bundle: Path, dataset: Path, tmp_path: Path) -> None:
+    images = sorted((dataset / "weave" / "test" / "good").glob("*.png"))[:2]
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "gone.png")
+    r = invoke("infer", bundle, images[0], tmp_path / "nope.png", tmp_path / "dangling.png", images[1])
+    assert r.exit_code == EXIT_SOME_FAILED
+    rows = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+    assert [("error" in row) for row in rows] == [False, True, True, False]
+    assert rows[1]["error"] == "file does not exist" and "broken symbolic link" in rows[2]["error"]
+
+
+def test_multi_frame_file_gets_a_note(bundle: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    path = tmp_path / "pages.tif"
+    Image.new("RGB", (64, 64), (90, 90, 90)).save(path, save_all=True, append_images=[Image.new("RGB", (64, 64))])
+    r = invoke("infer", bundle, path)
+    row = json.loads(r.stdout.splitlines()[0])
+    assert r.exit_code == 0 and row["note"] == "the file holds 2 frames (pages); scored the first"

@@ -59,6 +59,7 @@ class FileResult:
     anomaly_map: np.ndarray | None = None  # (H, W) raw, at the model's input size
     size: tuple[int, int] | None = None  # (width, height) of the decoded image as sent
     error: str | None = None
+    note: str | None = None  # something the user should know about a scored file (e.g. first frame only)
 
     @property
     def ok(self) -> bool:
@@ -249,6 +250,7 @@ class Predictor:
         if batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {batch_size}")
         pending: list[tuple[str, np.ndarray | None, str | None, tuple[int, int] | None]] = []
+        notes: dict[str, str] = {}
 
         def flush() -> Iterator[FileResult]:
             good = [t for _, t, _, _ in pending if t is not None]
@@ -271,6 +273,7 @@ class Predictor:
                     label=bool(pred.labels[j]),
                     anomaly_map=pred.anomaly_maps[j] if keep_maps and pred.anomaly_maps is not None else None,
                     size=size,
+                    note=notes.pop(path, None),
                 )
                 j += 1
             pending.clear()
@@ -281,6 +284,8 @@ class Predictor:
             try:
                 img = decode_image(p)
                 size = img.size
+                if img.info.get("adx_note"):
+                    notes[str(p)] = img.info["adx_note"]
                 tensor: np.ndarray | None = preprocess_image(img, self.preprocess)
                 error = None
             except ImageDecodeError as exc:
