@@ -433,3 +433,35 @@ def test_partial_folder_of_a_live_process_is_left_alone(model_dir: Path, tmp_pat
     live.mkdir()
     export_bundle(model_dir, tmp_path / "b")
     assert live.is_dir()
+
+
+# ------------------------------------------------------------------ tampering matrix: every file, every way
+@pytest.mark.parametrize("which", ["faiss", "npz"])
+@pytest.mark.parametrize("how", ["flip", "truncate", "append", "symlink_out", "delete"])
+def test_every_bundle_file_is_verified_whatever_is_done_to_it(bundle: Path, npz_bundle: Path, tmp_path: Path,
+                                                             which: str, how: str) -> None:
+    import shutil
+
+    src = bundle if which == "faiss" else npz_bundle
+    names = [f["path"] for f in load_manifest(src)["files"]]
+    assert len(names) == 2
+    for name in names:
+        copy = tmp_path / f"{name}.bundle"
+        shutil.copytree(src, copy)
+        target = copy / name
+        if how == "flip":
+            _flip_byte(target, at=target.stat().st_size // 2)
+        elif how == "truncate":
+            os.truncate(target, target.stat().st_size - 1)
+        elif how == "append":
+            with open(target, "ab") as f:
+                f.write(b"\0")
+        elif how == "symlink_out":
+            outside = tmp_path / f"outside_{name}"
+            target.rename(outside)
+            target.symlink_to(outside)
+        else:
+            target.unlink()
+        reason = {"symlink_out": "outside the bundle folder", "delete": f"missing '{name}'"}.get(how, "failed its checksum")
+        with pytest.raises(BundleError, match=re.escape(reason) if how == "delete" else reason):
+            Predictor.load(copy)

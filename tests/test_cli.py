@@ -264,3 +264,32 @@ def test_multi_frame_file_gets_a_note(bundle: Path, tmp_path: Path) -> None:
     r = invoke("infer", bundle, path)
     row = json.loads(r.stdout.splitlines()[0])
     assert r.exit_code == 0 and row["note"] == "the file holds 2 frames (pages); scored the first"
+
+
+# ------------------------------------------------------------------ a folder of awkward and broken files
+def test_infer_on_the_bad_image_corpus(bundle: Path, dataset: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from badimages import NOTES, write_corpus
+
+    folder = tmp_path / "mixed"
+    expected = write_corpus(folder)
+    good = sorted((dataset / "weave" / "test" / "good").glob("*.png"))[:2]
+    for p in good:
+        shutil.copy(p, folder / f"good_{p.name}")
+        expected[f"good_{p.name}"] = None
+    r = invoke("infer", bundle, folder, "--batch-size", 1)
+    assert r.exit_code == EXIT_SOME_FAILED
+    rows = {Path(d["path"]).name: d for d in (json.loads(x) for x in r.stdout.splitlines() if x.startswith("{"))}
+    assert sorted(rows) == sorted(expected)
+    for name, want in expected.items():
+        row = rows[name]
+        if want is None:
+            assert "error" not in row and 0.0 <= row["normalized_score"] <= 1.0, (name, row)
+            assert row.get("note") == NOTES.get(name), name
+        else:
+            assert want in row.get("error", ""), (name, row)
+    clean = invoke("infer", bundle, *good, "--batch-size", 1)
+    for line in clean.stdout.splitlines():
+        row = json.loads(line)
+        assert rows[f"good_{Path(row['path']).name}"]["image_score"] == row["image_score"]
