@@ -202,6 +202,10 @@ def _set(path: str, value):
     (_set("schema_version", True), "schema version True"),
     (_set("schema_version", 1.0), "schema version 1.0"),
     (_set("calibration", "x"), "calibration.image must be an object"),
+    (_set("calibration.image.threshold", 1e300), "calibration.image.threshold must be a finite number"),
+    (_set("scoring.feature_output", "abc"), "scoring.feature_output must be one of the graph's outputs .patch_features."),
+    (_set("scoring.feature_output", None), "scoring.feature_output must be one of the graph's outputs"),
+    (_set("postprocess.patch_grid", []), "postprocess.patch_grid must be null or two positive integers"),
 ])
 def test_malformed_fields_are_one_line_errors(bundle_copy: Path, edit, message: str) -> None:
     _rewrite(bundle_copy, edit, reseal=True)

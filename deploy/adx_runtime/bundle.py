@@ -118,7 +118,9 @@ def _check_integrity(manifest: dict[str, Any], path: Path) -> None:
 
 # ------------------------------------------------------------------------------------ validation
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite number that float32 (the scores' type) can hold."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and abs(value) < 3.0e38)
 
 
 def _require(ok: bool, path: Path, field: str, value: Any, expected: str) -> None:
@@ -154,6 +156,15 @@ def _validate_types(manifest: dict[str, Any], path: Path) -> None:
              "graph.max_batch", graph.get("max_batch"), "null or a positive integer")
     _require(isinstance(manifest["scoring"].get("kind"), str), path, "scoring.kind",
              manifest["scoring"].get("kind"), "a string")
+    outputs = [o["name"] for o in graph["outputs"]]
+    for key, value in manifest["scoring"].items():
+        if key.endswith("_output") and not (key == "image_output" and value is None):  # optional for kind map
+            _require(isinstance(value, str) and value in outputs, path, f"scoring.{key}", value,
+                     f"one of the graph's outputs ({', '.join(outputs)})")
+    grid = manifest["postprocess"].get("patch_grid")
+    _require(grid is None or (isinstance(grid, list) and len(grid) == 2
+                              and all(type(v) is int and v > 0 for v in grid)),
+             path, "postprocess.patch_grid", grid, "null or two positive integers [h, w]")
     cal = manifest.get("calibration")
     _require(isinstance(cal, dict) and isinstance(cal.get("image"), dict), path, "calibration.image",
              None if not isinstance(cal, dict) else cal.get("image"), "an object with threshold and scale")
@@ -239,7 +250,7 @@ def upgrade_v1(manifest: dict[str, Any], root: Path) -> dict[str, Any]:
     """A schema-1 manifest -> the schema-2 form, in memory. Schema 1 dispatched on the method name
     and kept ``blur_sigma`` and ``patch_grid`` in ``scoring``; everything else reads as it was."""
     method = manifest.get("method")
-    if method not in _V1_METHODS:
+    if not isinstance(method, str) or method not in _V1_METHODS:
         raise BundleError(
             f"bundle {str(root)!r} is schema 1 with method {method!r}, which schema 1 never had; "
             "re-export it with this adexport version (`adx export MODEL_FOLDER --out BUNDLE`)"
