@@ -469,3 +469,34 @@ def test_every_bundle_file_is_verified_whatever_is_done_to_it(bundle: Path, npz_
         reason = {"symlink_out": "outside the bundle folder", "delete": f"missing '{name}'"}.get(how, "failed its checksum")
         with pytest.raises(BundleError, match=re.escape(reason) if how == "delete" else reason):
             Predictor.load(copy)
+
+
+def test_tensorrt_engine_folder_holds_only_listed_verified_engines(bundle_copy: Path) -> None:
+    """On a CPU box the TensorRT provider is missing, so the engine check is called directly."""
+    from adx_runtime.bundle import file_entry
+    from adx_runtime.predictor import _tensorrt_options
+
+    engines = bundle_copy / "engines"
+    engines.mkdir()
+    (engines / "model_trt10_sm89.engine").write_bytes(b"engine")
+    profile = {"min": "image:1x3x64x64", "opt": "image:8x3x64x64", "max": "image:16x3x64x64"}
+
+    def add_trt(m):
+        m["files"].append(file_entry(bundle_copy, "engines/model_trt10_sm89.engine", "tensorrt-engine"))
+        m["tensorrt"] = {"engine_dir": "engines", "engine_prefix": "model_trt10_sm89", "fp16": False, "profile": profile}
+    _rewrite(bundle_copy, add_trt, reseal=True)
+    manifest = load_manifest(bundle_copy)
+    assert _tensorrt_options(bundle_copy, manifest)["trt_engine_cache_path"] == str(engines)
+    (engines / "dropped.engine").write_bytes(b"other")
+    with pytest.raises(BundleError, match="'engines/dropped.engine' is in the TensorRT engine folder but not listed"):
+        _tensorrt_options(bundle_copy, manifest)
+    (engines / "dropped.engine").unlink()
+    (engines / "model_trt10_sm89.engine").write_bytes(b"enginf")
+    with pytest.raises(BundleError, match="failed its checksum"):
+        _tensorrt_options(bundle_copy, manifest)
+    _rewrite(bundle_copy, lambda m: m["tensorrt"].update(fp16=True), reseal=False)
+    with pytest.raises(BundleError, match="protected section tensorrt changed"):
+        load_manifest(bundle_copy, verify=False)
+    _rewrite(bundle_copy, lambda m: m.pop("tensorrt"), reseal=False)
+    with pytest.raises(BundleError, match="protected section tensorrt changed"):
+        load_manifest(bundle_copy, verify=False)

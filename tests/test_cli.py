@@ -293,3 +293,19 @@ def test_infer_on_the_bad_image_corpus(bundle: Path, dataset: Path, tmp_path: Pa
     for line in clean.stdout.splitlines():
         row = json.loads(line)
         assert rows[f"good_{Path(row['path']).name}"]["image_score"] == row["image_score"]
+
+
+def test_read_only_output_folder_is_refused_before_scoring(bundle: Path, dataset: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Root may write anywhere, so the permission answer is what os.access is made to say."""
+    import adx_cli.app as app_mod
+
+    locked = tmp_path / "ro"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(app_mod.os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode))
+    image = sorted((dataset / "weave" / "test" / "good").glob("*.png"))[0]
+    r = invoke("infer", bundle, image, "-o", locked / "s.jsonl")
+    assert r.exit_code == 1 and "is not writable (permission denied)" in r.stderr and not r.stdout.strip()
+    r = invoke("infer", bundle, image, "--save-maps", locked / "maps")
+    assert r.exit_code == 1 and "is not writable" in r.stderr and not r.stdout.strip()

@@ -48,6 +48,8 @@ MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 #: and checked at every load: a hand edit of any of them is refused. ``calibration`` (thresholds) is
 #: deliberately not among them: ``adx calibrate`` changes it and records its own history.
 PROTECTED_SECTIONS = ("input", "graph", "scoring", "postprocess", "files")
+#: Protected too when present: a TensorRT bundle's engine folder, name prefix, profile and fp16 flag.
+OPTIONAL_PROTECTED_SECTIONS = ("tensorrt",)
 
 #: What each schema-1 method scored with, and how its image score was made.
 _V1_METHODS = {
@@ -83,8 +85,9 @@ def section_digest(value: Any) -> str:
 
 def integrity_section(manifest: dict[str, Any]) -> dict[str, Any]:
     """The ``integrity`` section export records: one digest per protected section."""
+    names = [*PROTECTED_SECTIONS, *(n for n in OPTIONAL_PROTECTED_SECTIONS if n in manifest)]
     return {"algorithm": "sha256 of canonical JSON (sorted keys, separators ',' ':')",
-            "sections": {name: section_digest(manifest[name]) for name in PROTECTED_SECTIONS}}
+            "sections": {name: section_digest(manifest[name]) for name in names}}
 
 
 def _check_integrity(manifest: dict[str, Any], path: Path) -> None:
@@ -108,6 +111,8 @@ def _check_integrity(manifest: dict[str, Any], path: Path) -> None:
         raise BundleError(f"{str(path)!r}: the integrity section is malformed (no 'sections' object); re-export the bundle")
     changed = [name for name in PROTECTED_SECTIONS
                if name in manifest and sections.get(name) != section_digest(manifest[name])]
+    changed += [name for name in OPTIONAL_PROTECTED_SECTIONS if (name in manifest or name in sections) and
+                sections.get(name) != (section_digest(manifest[name]) if name in manifest else None)]
     if changed:
         raise BundleError(
             f"{str(path)!r}: the protected section{'s' if len(changed) > 1 else ''} {', '.join(changed)} "

@@ -344,9 +344,19 @@ def _tensorrt_options(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
             f"bundle {str(root)!r} has no TensorRT section; build its engine first with "
             "`adx export MODEL --format tensorrt` on the target GPU, or use --device cuda"
         )
-    return tensorrt_provider_options(bundle_folder(root, trt["engine_dir"], what="tensorrt.engine_dir"), trt["profile"],
-                                     fp16=bool(trt.get("fp16")),
-                                     prefix=trt["engine_prefix"])
+    engine_dir = bundle_folder(root, trt["engine_dir"], what="tensorrt.engine_dir")
+    # ONNX Runtime reads whatever engine in that folder matches the prefix: every file there must
+    # be one export listed (and so checksummed), not one dropped in or rebuilt afterwards.
+    for path in sorted(engine_dir.iterdir()):
+        name = f"{trt['engine_dir'].rstrip('/')}/{path.name}"
+        if not any(e["path"] == name for e in manifest["files"]):
+            raise BundleError(
+                f"bundle {str(root)!r}: {name!r} is in the TensorRT engine folder but not listed in the manifest's "
+                "files, so it is unverified (written after export, e.g. an engine rebuilt for another GPU or "
+                "TensorRT). Remove it, or re-export with --format tensorrt on this machine."
+            )
+        bundle_file(root, manifest, name, what="TensorRT engine")
+    return tensorrt_provider_options(engine_dir, trt["profile"], fp16=bool(trt.get("fp16")), prefix=trt["engine_prefix"])
 
 
 def tensorrt_provider_options(engine_dir: Path, profile: dict[str, str], *, fp16: bool, prefix: str) -> dict[str, Any]:
