@@ -69,9 +69,18 @@ def write_corpus(folder: Path, size: int = 48) -> dict[str, str | None]:
     jpeg[sof + 5 : sof + 9] = (2000).to_bytes(2, "big") * 2
     files["forged_size.jpg"] = (bytes(jpeg), "more than a sequential JPEG")
 
+    noise = _encoded(rgb, "JPEG")
+    zeroed = bytearray(noise)
+    zeroed[len(zeroed) // 2 : len(zeroed) // 2 + 200] = b"\x00" * 200
+    files["zeroed_mid_stream.jpg"] = (bytes(zeroed), "corrupt JPEG data")
+    files["cut_with_eoi.jpg"] = (noise[: len(noise) // 2] + b"\xff\xd9", "corrupt JPEG data: premature end")
+
     pages = io.BytesIO()
     rgb.save(pages, format="TIFF", save_all=True, append_images=[Image.new("RGB", (size, size))])
     files["pages.tif"] = (pages.getvalue(), OK)
+    apng = io.BytesIO()
+    rgb.save(apng, format="PNG", save_all=True, append_images=[Image.new("RGB", (size, size))])
+    files["animated.png"] = (apng.getvalue(), OK)
 
     for name, (data, _) in files.items():
         (folder / name).write_bytes(data)
@@ -79,4 +88,4 @@ def write_corpus(folder: Path, size: int = 48) -> dict[str, str | None]:
 
 
 #: Files of the corpus that are scored with a note (and the note).
-NOTES = {"pages.tif": "the file holds 2 frames (pages); scored the first"}
+NOTES = {name: "the file holds 2 frames (pages); scored the first" for name in ("pages.tif", "animated.png")}

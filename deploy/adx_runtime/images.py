@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from adx_runtime.errors import ImageDecodeError
+from adx_runtime.jpegcheck import entropy_problem
 
 ImageSource = Union[str, os.PathLike, bytes]
 
@@ -99,6 +100,8 @@ def _classify_path(path: Path, name: str) -> int:
         if os.path.islink(path):
             raise ImageDecodeError(name, f"is a symbolic link to a folder ({os.readlink(path)!r}), not an image file; "
                                          "name the folder itself to score its images")
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise ImageDecodeError(name, "is a folder whose contents cannot be read (permission denied), not an image file")
         raise ImageDecodeError(name, "is a folder, not an image file")
     kinds = {stat.S_ISFIFO: "a FIFO (named pipe)", stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device",
              stat.S_ISSOCK: "a socket"}
@@ -213,6 +216,12 @@ def decode_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -
             warnings.simplefilter("always")
             img = _open_header(stream, name)
             _check_declared_size(img, name, file_bytes, max_pixels, stream)
+            if img.format in ("JPEG", "MPO"):
+                # libjpeg conceals damaged coded data (grey fill) and Pillow drops its warnings.
+                stream.seek(0)
+                problem = entropy_problem(stream.read())
+                if problem:
+                    raise ImageDecodeError(name, f"corrupt JPEG data: {problem}")
             stream.seek(0)
             frames = int(getattr(img, "n_frames", 1) or 1)
             if frames > 1:

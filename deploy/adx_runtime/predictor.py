@@ -249,14 +249,13 @@ class Predictor:
         and the rest of its batch is still scored. Results come in input order."""
         if batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {batch_size}")
-        pending: list[tuple[str, np.ndarray | None, str | None, tuple[int, int] | None]] = []
-        notes: dict[str, str] = {}
+        pending: list[tuple[str, np.ndarray | None, str | None, tuple[int, int] | None, str | None]] = []
 
         def flush() -> Iterator[FileResult]:
-            good = [t for _, t, _, _ in pending if t is not None]
+            good = [t for _, t, _, _, _ in pending if t is not None]
             pred = self.predict_tensor(stack(good)) if good else None
             j = 0
-            for path, tensor, error, size in pending:
+            for path, tensor, error, size, note in pending:
                 if tensor is None:
                     yield FileResult(path=path, error=error)
                     continue
@@ -273,25 +272,24 @@ class Predictor:
                     label=bool(pred.labels[j]),
                     anomaly_map=pred.anomaly_maps[j] if keep_maps and pred.anomaly_maps is not None else None,
                     size=size,
-                    note=notes.pop(path, None),
+                    note=note,
                 )
                 j += 1
             pending.clear()
 
         for p in paths:
             t0 = time.perf_counter()
-            size = None
+            size = note = None
             try:
                 img = decode_image(p)
                 size = img.size
-                if img.info.get("adx_note"):
-                    notes[str(p)] = img.info["adx_note"]
+                note = img.info.get("adx_note")
                 tensor: np.ndarray | None = preprocess_image(img, self.preprocess)
                 error = None
             except ImageDecodeError as exc:
                 tensor, error = None, exc.reason
             self.timer.add("preprocess", time.perf_counter() - t0)
-            pending.append((str(p), tensor, error, size))
+            pending.append((str(p), tensor, error, size, note))
             if len(pending) >= batch_size:
                 yield from flush()
         if pending:
