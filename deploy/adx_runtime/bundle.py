@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import math
@@ -27,6 +26,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterator
 
 from adx_runtime.errors import BundleError
+
+try:
+    import fcntl
+except ImportError:  # Windows: msvcrt locks instead
+    fcntl = None  # type: ignore[assignment]
 
 BUNDLE_FORMAT = "adexport-bundle"
 #: Version 2 (this release): ``scoring.kind`` names the scorer; one typed ``postprocess`` section;
@@ -396,7 +400,8 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
-            os.fchmod(f.fileno(), mode)
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -421,10 +426,15 @@ def manifest_lock(bundle_dir: str | Path, timeout: float | None = None) -> Itera
         deadline = time.monotonic() + timeout
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if fcntl is not None:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                else:
+                    import msvcrt  # noqa: PLC0415
+
+                    msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
                 break
             except OSError as exc:
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES, getattr(errno, "EDEADLK", -1)):
                     raise
                 if time.monotonic() >= deadline:
                     raise BundleError(
@@ -439,6 +449,8 @@ def manifest_lock(bundle_dir: str | Path, timeout: float | None = None) -> Itera
 
 # ------------------------------------------------------------------------------------ folders
 def _pid_alive(pid: int) -> bool:
+    if os.name == "nt":
+        return True  # os.kill(pid, 0) would terminate the process there; never clean up
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
