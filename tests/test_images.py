@@ -301,3 +301,17 @@ def test_valid_jpegs_pass_the_coded_data_check(tmp_path: Path, kw: dict, mode: s
     arr = np.random.default_rng(3).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
     path = save(Image.fromarray(arr).convert(mode), tmp_path / "ok.jpg", **kw)
     assert decode_image(path).size == size
+
+
+def test_permission_denied_is_not_called_corrupt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Root reads any file, so the refusal is made by the open() the module calls."""
+    import adx_runtime.images as images
+
+    path = save(Image.new("RGB", (4, 4)), tmp_path / "locked.png")
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(images, "open", denied, raising=False)
+    with pytest.raises(ImageDecodeError, match="permission denied .cannot read the file.$"):
+        decode_image(path)
