@@ -309,3 +309,21 @@ def test_read_only_output_folder_is_refused_before_scoring(bundle: Path, dataset
     assert r.exit_code == 1 and "is not writable (permission denied)" in r.stderr and not r.stdout.strip()
     r = invoke("infer", bundle, image, "--save-maps", locked / "maps")
     assert r.exit_code == 1 and "is not writable" in r.stderr and not r.stdout.strip()
+
+
+def test_recursive_scan_follows_folder_links_but_not_loops(bundle: Path, dataset: Path, tmp_path: Path) -> None:
+    import shutil
+
+    real = tmp_path / "real"
+    real.mkdir()
+    shutil.copy(sorted((dataset / "weave" / "test" / "good").glob("*.png"))[0], real / "x.png")
+    top = tmp_path / "top"
+    top.mkdir()
+    (top / "linked").symlink_to(real)
+    (top / "loop").symlink_to(top)
+    paths = expand_inputs([str(top)], recursive=True)
+    assert sorted(str(p.relative_to(top)) for p in paths) == ["linked/x.png", "loop"]
+    r = invoke("infer", bundle, top, "--recursive")
+    rows = {Path(d["path"]).name: d for d in (json.loads(x) for x in r.stdout.splitlines() if x.startswith("{"))}
+    assert "error" not in rows["x.png"] and "symbolic link to a folder" in rows["loop"]["error"]
+    assert r.exit_code == EXIT_SOME_FAILED

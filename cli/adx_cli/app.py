@@ -83,27 +83,30 @@ def _image_like(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_LIKE_SUFFIXES
 
 
-def _scan_folder(folder: Path, recursive: bool) -> list[Path]:
+def _scan_folder(folder: Path, recursive: bool, seen: set[str] | None = None) -> list[Path]:
     """Every image-like entry of ``folder``, whatever it is (a FIFO, a device link, a folder named
     x.png): each gets a result line, with the reason when it cannot be scored. With ``recursive``,
-    sub-folders are entered but symbolic links to folders are not followed (reported instead)."""
+    sub-folders are entered, symbolic links to folders too, but a folder already visited (a link
+    loop) is reported instead of entered again."""
+    seen = set() if seen is None else seen
+    seen.add(os.path.realpath(folder))
     out: list[Path] = []
     try:
         entries = list(os.scandir(folder))
-    except OSError as exc:
-        return [folder] if exc.errno else []  # decode_image then says what is wrong with it
+    except OSError:
+        return [folder]  # decode_image then says what is wrong with it
     for entry in entries:
         path = Path(entry.path)
         try:
-            real_dir = entry.is_dir(follow_symlinks=False)
+            is_dir = entry.is_dir()
         except OSError:
-            real_dir = False
-        if real_dir:
-            if recursive:
-                out += _scan_folder(path, recursive)
-            elif _image_like(path):
-                out.append(path)
-        elif _image_like(path) or (recursive and entry.is_symlink() and path.is_dir()):
+            is_dir = False
+        if is_dir and recursive:
+            if os.path.realpath(path) in seen:
+                out.append(path)  # a loop: reported as a link to a folder, not entered
+            else:
+                out += _scan_folder(path, recursive, seen)
+        elif _image_like(path):
             out.append(path)
     return out
 
