@@ -327,3 +327,24 @@ def test_recursive_scan_follows_folder_links_but_not_loops(bundle: Path, dataset
     rows = {Path(d["path"]).name: d for d in (json.loads(x) for x in r.stdout.splitlines() if x.startswith("{"))}
     assert "error" not in rows["x.png"] and "symbolic link to a folder" in rows["loop"]["error"]
     assert r.exit_code == EXIT_SOME_FAILED
+
+
+def test_a_non_finite_model_score_is_an_error_line_not_a_label(bundle: Path, dataset: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    from adx_runtime.predictor import Predictor
+
+    real = Predictor.predict_tensor
+
+    def nan_first(self, x):
+        pred = real(self, x)
+        pred.image_scores[0] = np.nan
+        return pred
+
+    monkeypatch.setattr(Predictor, "predict_tensor", nan_first)
+    images = sorted((dataset / "weave" / "test" / "good").glob("*.png"))[:2]
+    r = invoke("infer", bundle, *images, "--batch-size", 2)
+    rows = [json.loads(x) for x in r.stdout.splitlines()]
+    assert r.exit_code == EXIT_SOME_FAILED and "NaN" not in r.stdout
+    assert "non-finite score" in rows[0]["error"] and rows[1]["label"] in ("normal", "anomalous")
