@@ -62,9 +62,11 @@ def holdout_split(samples: Sequence[Sample], fraction: float, seed: int) -> tupl
     n = len(samples)
     n_hold = max(1, int(round(fraction * n)))
     if n - n_hold < 2:
+        # At least one image is always held out, so below 3 images no --holdout can help.
+        fix = "Add normal images." if n < 3 else f"Add normal images or lower --holdout (at most {(n - 2) / n:.2f} fits)."
         raise DatasetError(
             f"train/good has {n} images; at least {n_hold + 2} are needed ({n_hold} held out for calibration "
-            "and 2 to fit on). Add normal images or lower --holdout."
+            f"and 2 to fit on). {fix}"
         )
     order = np.random.default_rng(seed).permutation(n)
     hold = sorted(order[:n_hold].tolist())

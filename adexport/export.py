@@ -23,7 +23,8 @@ import torch
 from adexport.fitted import load_fitted
 from adexport.methods.base import EXPORT_OPTIONS, TOLERANCE_EXACT, TOLERANCE_FP16, FittedMethod, config_to_dict
 from adx_runtime import __version__
-from adx_runtime.bundle import BUNDLE_FORMAT, MANIFEST, SCHEMA_VERSION, atomic_dir, file_entry, write_json_atomic
+from adx_runtime.bundle import (BUNDLE_FORMAT, MANIFEST, SCHEMA_VERSION, atomic_dir, check_replaceable, file_entry,
+                                integrity_section, write_json_atomic)
 from adx_runtime.errors import ConfigError, ExportError, ProviderError
 from adx_runtime.predictor import Predictor, tensorrt_provider_options
 from adx_runtime.preprocess import load_image, stack
@@ -102,7 +103,7 @@ def parity_check(fitted: FittedMethod, bundle_dir: Path, images: Sequence[str | 
     """Score ``images`` with PyTorch and with the runtime on ``bundle_dir``; compare."""
     x = stack([load_image(p, fitted.preprocess) for p in images])
     ref = fitted.reference(torch.from_numpy(x))
-    predictor = Predictor.load(bundle_dir, device=device, bank_device="cpu")
+    predictor = Predictor.load(bundle_dir, device=device, bank_device="cpu", export_in_progress=True)
     raw = dict(zip(predictor.output_names, predictor.session.run(predictor.output_names, {predictor.input_name: x})))
     run = predictor.predict_tensor(x)
     feature_errs = [_errors(ref.outputs[n].numpy(), raw[n]) for n in fitted.output_names]
@@ -193,6 +194,7 @@ def export_bundle(
             "and build the engine there."
         )
     images = _parity_images(fitted, parity_images)
+    check_replaceable(out, overwrite)
     seconds: dict[str, float] = {}
     with atomic_dir(out, overwrite=overwrite) as tmp:
         t0 = time.perf_counter()
@@ -220,7 +222,7 @@ def export_bundle(
             "training": {**fitted.dataset, "fit_seconds": fitted.report.phases, "sizes": fitted.report.sizes},
             "provenance": _versions(),
         }
-        write_json_atomic(tmp / MANIFEST, manifest)
+        _write_manifest(tmp, manifest)  # no parity section yet: the runtime refuses it until the check passed
         if tolerance is None:
             tolerance = props.tolerance
         t2 = time.perf_counter()
@@ -233,13 +235,19 @@ def export_bundle(
         if fmt == "tensorrt":
             manifest["tensorrt"], engine_files = _build_tensorrt(tmp, manifest, max_batch, fp16)
             manifest["files"] += engine_files
-            write_json_atomic(tmp / MANIFEST, manifest)
+            _write_manifest(tmp, manifest)
             trt_tol = TOLERANCE_FP16 if fp16 else tolerance
             with progress.task("Parity check on the TensorRT engine", None):
                 manifest["tensorrt"]["parity"] = parity_check(fitted, tmp, images, device="tensorrt", tolerance=trt_tol)
             _refuse_if_failed(manifest["tensorrt"]["parity"], "TensorRT")
-        write_json_atomic(tmp / MANIFEST, manifest)
+        _write_manifest(tmp, manifest)
     return manifest
+
+
+def _write_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> None:
+    """Record the digests of the protected sections as they are now, and write the manifest."""
+    manifest["integrity"] = integrity_section(manifest)
+    write_json_atomic(bundle_dir / MANIFEST, manifest)
 
 
 def _refuse_if_failed(parity: dict[str, Any], where: str) -> None:

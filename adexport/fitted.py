@@ -26,6 +26,37 @@ TENSORS = "tensors.safetensors"
 LOSS_CURVE = "loss_curve.png"
 
 
+def is_fitted_folder(path: Path) -> str | None:
+    """None if ``path`` is a fitted-model folder that ``--overwrite`` may replace, else why not."""
+    meta = path / META
+    if not meta.is_file():
+        return f"it has no {META}"
+    try:
+        data = json.loads(meta.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return f"its {META} is not valid JSON"
+    if not isinstance(data, dict) or data.get("format") != FITTED_FORMAT:
+        return f"its {META} is not an adexport fitted model"
+    extra = sorted(p.name for p in path.iterdir() if p.name not in (META, TENSORS, LOSS_CURVE))
+    if extra:
+        shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+        return f"it holds files that are not part of a fitted model ({shown})"
+    return None
+
+
+def check_replaceable(out_dir: str | Path, overwrite: bool) -> None:
+    """Refuse, before any work, to write over something that is not a fitted model."""
+    out = Path(out_dir)
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not overwrite:
+        raise ConfigError(f"{str(out)!r} already exists; choose another --out or pass --overwrite")
+    reason = "it is not a folder" if out.is_symlink() or not out.is_dir() else is_fitted_folder(out)
+    if reason is not None:
+        raise ConfigError(f"refusing to overwrite {str(out)!r}: it is not a fitted model ({reason}); --overwrite "
+                          "replaces only a folder written by `adx train`. Choose another --out.")
+
+
 def save_fitted(fitted: FittedMethod, out_dir: str | Path, *, overwrite: bool = False) -> Path:
     """Write the fitted model atomically; returns its folder."""
     from safetensors.torch import save_file  # noqa: PLC0415
@@ -48,7 +79,7 @@ def save_fitted(fitted: FittedMethod, out_dir: str | Path, *, overwrite: bool = 
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
     }
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+    with atomic_dir(out_dir, overwrite=overwrite, replaceable=is_fitted_folder, what="fitted model") as tmp:
         tensors = {k: v.detach().cpu().contiguous() for k, v in fitted.tensors().items()}
         save_file(tensors, str(tmp / TENSORS))
         (tmp / META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")

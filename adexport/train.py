@@ -15,7 +15,8 @@ from adexport.methods import get_method
 from adexport.methods.base import FittedMethod, make_config
 from adx_runtime import calibration
 from adx_runtime.datasets import GOOD, CategorySplit, Sample, load_split
-from adx_runtime.errors import ConfigError
+from adx_runtime.errors import ConfigError, DatasetError, ImageDecodeError
+from adx_runtime.images import decode_image
 from adx_runtime.progress import SILENT, Progress
 from adexport.training import TrainingRun
 
@@ -48,6 +49,20 @@ def parity_samples(split: CategorySplit, holdout: list[Sample], n: int = PARITY_
         picked += [by_kind[k][depth] for k in kinds if len(by_kind[k]) > depth][: n - len(picked)]
         depth += 1
     return picked
+
+
+def decodable(samples: list[Sample], progress: Progress = SILENT) -> tuple[list[Sample], list[tuple[str, str]]]:
+    """(samples that decode, (file, reason) of those that do not), each bad one reported."""
+    ok: list[Sample] = []
+    bad: list[tuple[str, str]] = []
+    for s in samples:
+        try:
+            decode_image(s.path)
+            ok.append(s)
+        except ImageDecodeError as exc:
+            bad.append((exc.path, exc.reason))
+            progress.note(f"skipped {exc.path}: {exc.reason}")
+    return ok, bad
 
 
 @torch.no_grad()
@@ -110,16 +125,30 @@ def train(
     split = load_split(dataset, category, need_test=False)
     fit_samples, held_out = holdout_split(split.train, holdout, seed=getattr(config, "seed", 0))
     device = resolve_device(device)
+    # The hold-out is decoded before the fit (it is small): a bad file there is skipped and
+    # reported like one in the fit part, and none decodable stops here, not after the whole fit.
+    held_out, held_bad = decodable(held_out, progress)
+    if not held_out:
+        raise DatasetError(
+            f"none of the {len(held_bad)} train/good images held out for calibration could be decoded "
+            f"({held_bad[0][0]}: {held_bad[0][1]}{' and others' if len(held_bad) > 1 else ''}); "
+            "fix or remove the broken files in train/good (nothing was fitted)"
+        )
     extra = {"run": run} if entry.trained else {}
     fitted = entry.fit(config, fit_samples, device=device, batch_size=batch_size, progress=progress, **extra)
     t0 = time.perf_counter()
     fitted.calibration = calibrate(fitted, held_out, batch_size=batch_size, progress=progress)
     fitted.report.phases["calibration"] = time.perf_counter() - t0
+    fit_bad = list(getattr(fitted.report, "skipped", []))
+    fitted.report.skipped = fit_bad + held_bad
+    fitted.report.sizes["skipped_images"] = len(fitted.report.skipped)
+    if held_bad:
+        fitted.calibration["skipped_images"] = [{"file": f, "reason": r} for f, r in held_bad]
     fitted.dataset = {
         "root": str(Path(dataset).resolve()),
         "category": split.category,
         "train_images": len(split.train),
-        "fit_images": len(fit_samples),
+        "fit_images": len(fit_samples) - len(fit_bad),
         "holdout_images": len(held_out),
         "parity_images": [str(s.path.resolve()) for s in parity_samples(split, held_out)],
         "device": device,
@@ -141,6 +170,11 @@ def format_fit_summary(fitted: FittedMethod, fit_seconds: float, out: str | Path
         shown = h if len(h) <= 12 else h[:6] + h[-6:]
         lines.append(f"loss per epoch ({len(h)} epochs{', first and last 6' if len(h) > 12 else ''}): "
                      + " ".join(f"{v:.4g}" for v in shown) + f"; curve in {Path(out) / 'loss_curve.png'}")
+    if r.skipped:
+        shown = "; ".join(f"{Path(f).name}: {why}" for f, why in r.skipped[:3])
+        more = f" and {len(r.skipped) - 3} more" if len(r.skipped) > 3 else ""
+        lines.append(f"skipped {len(r.skipped)} undecodable train/good images ({shown}{more}); listed in "
+                     f"{Path(out) / 'model.json'}")
     lines += r.notes
     cal = fitted.calibration["image"]
     lines.append(f"image threshold {cal['threshold']:.4g} ({cal['rule']})")
@@ -168,7 +202,7 @@ def run_training(
     """``adx train``: options from shortcut flags and ``--set KEY=VALUE``, fit, save; returns the
     summary to print. A trained method checkpoints into ``OUT.checkpoint.pt`` (removed once the
     model folder is written) and resumes from it with ``resume``."""
-    from adexport.fitted import save_fitted  # noqa: PLC0415
+    from adexport.fitted import check_replaceable, save_fitted  # noqa: PLC0415
     from adexport.methods.options import parse_assignments  # noqa: PLC0415
     from adexport.training import checkpoint_path  # noqa: PLC0415
 
@@ -180,8 +214,7 @@ def run_training(
         raise ConfigError(f"{', '.join(both)} given both as a flag and with --set; give each option once")
     options.update(explicit)
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise ConfigError(f"{str(out)!r} already exists; choose another --out or pass --overwrite")
+    check_replaceable(out, overwrite)  # before the fit, not after it
     run = None
     if entry.trained:
         run = TrainingRun(checkpoint_path(out), resume=resume)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 from pathlib import Path
 
@@ -169,3 +170,181 @@ def test_a_method_that_declares_fp16_unsafe_refuses_it_before_anything_else(data
     with pytest.raises(ConfigError, match=r"rd4ad refuses float16 TensorRT engines: .*3 significant digits"):
         export_bundle(fitted, tmp_path / "b", fmt="tensorrt", fp16=True)
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_threshold_is_refused(bundle: Path, dataset: Path, value: str) -> None:
+    image = sorted((dataset / "weave" / "test" / "good").glob("*.png"))[0]
+    r = invoke("infer", bundle, image, "--threshold", value)
+    assert r.exit_code == 1 and "--threshold must be a finite number" in r.stderr and not r.stdout.strip()
+
+
+def test_json_lines_never_hold_nan() -> None:
+    from adx_runtime.infer import json_line
+
+    line = json_line({"path": "a.png", "image_score": float("nan"), "normalized_score": float("inf"), "label": None})
+    assert json.loads(line) == {"path": "a.png", "image_score": None, "normalized_score": None, "label": None}
+    assert "NaN" not in line and "Infinity" not in line
+
+
+# ------------------------------------------------------------------ outputs are checked before scoring
+def test_bad_output_targets_are_refused_before_scoring(bundle: Path, dataset: Path, tmp_path: Path) -> None:
+    import shutil
+
+    image = tmp_path / "img.png"
+    shutil.copy(sorted((dataset / "weave" / "test" / "good").glob("*.png"))[0], image)
+    before = image.read_bytes()
+    (tmp_path / "afile").write_text("x")
+    cases = [
+        (["-o", tmp_path / "missing" / "s.jsonl"], "does not exist; create it first"),
+        (["-o", tmp_path], "is a folder; give a file name"),
+        (["-o", image], "is one of the input images"),
+        (["--save-maps", tmp_path / "afile"], "is a file, not a folder"),
+    ]
+    for extra, message in cases:
+        r = invoke("infer", bundle, image, *extra)
+        assert r.exit_code == 1 and message in r.stderr and "Traceback" not in r.stderr, (extra, r.stderr)
+        assert not r.stdout.strip()  # nothing scored
+    assert image.read_bytes() == before and (tmp_path / "afile").read_text() == "x"
+
+
+def test_save_maps_without_pixel_calibration_scores_every_image(bundle_copy: Path, dataset: Path,
+                                                                tmp_path: Path) -> None:
+    m = json.loads((bundle_copy / "manifest.json").read_text())
+    m["calibration"]["pixel"] = None
+    (bundle_copy / "manifest.json").write_text(json.dumps(m))
+    images = sorted((dataset / "weave" / "test" / "good").glob("*.png"))
+    r = invoke("infer", bundle_copy, *images, "--save-maps", tmp_path / "maps")
+    assert r.exit_code == 0, r.stderr
+    assert len([line for line in r.stdout.splitlines() if line.startswith("{")]) == len(images)
+    assert len(list((tmp_path / "maps").glob("*_heatmap.png"))) == len(images)
+    assert "no pixel calibration: each heatmap is scaled to its own map's range" in r.stderr
+
+
+# ------------------------------------------------------------------ every named path and image-like entry gets a line
+def test_folder_scan_reports_every_image_like_entry(bundle: Path, dataset: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from PIL import Image
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    good = sorted((dataset / "weave" / "test" / "good").glob("*.png"))[0]
+    shutil.copy(good, folder / "a_good.png")
+    os.mkfifo(folder / "b_pipe.png")
+    (folder / "c_dev.png").symlink_to("/dev/null")
+    (folder / "d_dirlink.png").symlink_to(tmp_path)
+    Image.new("P", (8, 8)).save(folder / "e.gif")
+    (folder / "f_dir.png").mkdir()
+    (folder / "notes.txt").write_text("not an image")
+    r = invoke("infer", bundle, folder)
+    assert r.exit_code == EXIT_SOME_FAILED
+    lines = {Path(d["path"]).name: d for d in (json.loads(x) for x in r.stdout.splitlines() if x.startswith("{"))}
+    assert sorted(lines) == ["a_good.png", "b_pipe.png", "c_dev.png", "d_dirlink.png", "e.gif", "f_dir.png"]
+    assert "error" not in lines["a_good.png"] and "FIFO" in lines["b_pipe.png"]["error"]
+    assert "character device" in lines["c_dev.png"]["error"] and "symbolic link to a folder" in lines["d_dirlink.png"]["error"]
+    assert "unsupported image format 'GIF'" in lines["e.gif"]["error"] and "is a folder" in lines["f_dir.png"]["error"]
+
+
+def test_a_missing_path_among_many_gets_its_own_line(bundle: Path, dataset: Path, tmp_path: Path) -> None:
+    images = sorted((dataset / "weave" / "test" / "good").glob("*.png"))[:2]
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "gone.png")
+    r = invoke("infer", bundle, images[0], tmp_path / "nope.png", tmp_path / "dangling.png", images[1])
+    assert r.exit_code == EXIT_SOME_FAILED
+    rows = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+    assert [("error" in row) for row in rows] == [False, True, True, False]
+    assert rows[1]["error"] == "file does not exist" and "broken symbolic link" in rows[2]["error"]
+
+
+def test_multi_frame_file_gets_a_note(bundle: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    path = tmp_path / "pages.tif"
+    Image.new("RGB", (64, 64), (90, 90, 90)).save(path, save_all=True, append_images=[Image.new("RGB", (64, 64))])
+    r = invoke("infer", bundle, path)
+    row = json.loads(r.stdout.splitlines()[0])
+    assert r.exit_code == 0 and row["note"] == "the file holds 2 frames (pages); scored the first"
+
+
+# ------------------------------------------------------------------ a folder of awkward and broken files
+def test_infer_on_the_bad_image_corpus(bundle: Path, dataset: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from badimages import NOTES, write_corpus
+
+    folder = tmp_path / "mixed"
+    expected = write_corpus(folder)
+    good = sorted((dataset / "weave" / "test" / "good").glob("*.png"))[:2]
+    for p in good:
+        shutil.copy(p, folder / f"good_{p.name}")
+        expected[f"good_{p.name}"] = None
+    r = invoke("infer", bundle, folder, "--batch-size", 1)
+    assert r.exit_code == EXIT_SOME_FAILED
+    rows = {Path(d["path"]).name: d for d in (json.loads(x) for x in r.stdout.splitlines() if x.startswith("{"))}
+    assert sorted(rows) == sorted(expected)
+    for name, want in expected.items():
+        row = rows[name]
+        if want is None:
+            assert "error" not in row and 0.0 <= row["normalized_score"] <= 1.0, (name, row)
+            assert row.get("note") == NOTES.get(name), name
+        else:
+            assert want in row.get("error", ""), (name, row)
+    clean = invoke("infer", bundle, *good, "--batch-size", 1)
+    for line in clean.stdout.splitlines():
+        row = json.loads(line)
+        assert rows[f"good_{Path(row['path']).name}"]["image_score"] == row["image_score"]
+
+
+def test_read_only_output_folder_is_refused_before_scoring(bundle: Path, dataset: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Root may write anywhere, so the permission answer is what os.access is made to say."""
+    import adx_cli.app as app_mod
+
+    locked = tmp_path / "ro"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(app_mod.os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode))
+    image = sorted((dataset / "weave" / "test" / "good").glob("*.png"))[0]
+    r = invoke("infer", bundle, image, "-o", locked / "s.jsonl")
+    assert r.exit_code == 1 and "is not writable (permission denied)" in r.stderr and not r.stdout.strip()
+    r = invoke("infer", bundle, image, "--save-maps", locked / "maps")
+    assert r.exit_code == 1 and "is not writable" in r.stderr and not r.stdout.strip()
+
+
+def test_recursive_scan_follows_folder_links_but_not_loops(bundle: Path, dataset: Path, tmp_path: Path) -> None:
+    import shutil
+
+    real = tmp_path / "real"
+    real.mkdir()
+    shutil.copy(sorted((dataset / "weave" / "test" / "good").glob("*.png"))[0], real / "x.png")
+    top = tmp_path / "top"
+    top.mkdir()
+    (top / "linked").symlink_to(real)
+    (top / "loop").symlink_to(top)
+    paths = expand_inputs([str(top)], recursive=True)
+    assert sorted(str(p.relative_to(top)) for p in paths) == ["linked/x.png", "loop"]
+    r = invoke("infer", bundle, top, "--recursive")
+    rows = {Path(d["path"]).name: d for d in (json.loads(x) for x in r.stdout.splitlines() if x.startswith("{"))}
+    assert "error" not in rows["x.png"] and "symbolic link to a folder" in rows["loop"]["error"]
+    assert r.exit_code == EXIT_SOME_FAILED
+
+
+def test_a_non_finite_model_score_is_an_error_line_not_a_label(bundle: Path, dataset: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    from adx_runtime.predictor import Predictor
+
+    real = Predictor.predict_tensor
+
+    def nan_first(self, x):
+        pred = real(self, x)
+        pred.image_scores[0] = np.nan
+        return pred
+
+    monkeypatch.setattr(Predictor, "predict_tensor", nan_first)
+    images = sorted((dataset / "weave" / "test" / "good").glob("*.png"))[:2]
+    r = invoke("infer", bundle, *images, "--batch-size", 2)
+    rows = [json.loads(x) for x in r.stdout.splitlines()]
+    assert r.exit_code == EXIT_SOME_FAILED and "NaN" not in r.stdout
+    assert "non-finite score" in rows[0]["error"] and rows[1]["label"] in ("normal", "anomalous")

@@ -91,3 +91,16 @@ def test_unknown_and_ambiguous_categories_list_the_valid_ones(tmp_path: Path) ->
     empty.mkdir()
     with pytest.raises(DatasetError, match="holds no category"):
         load_split(empty)
+
+
+def test_odd_entries_named_like_images_are_listed_not_dropped(tmp_path: Path) -> None:
+    import os
+
+    from adx_runtime.datasets import list_images
+
+    (tmp_path / "a.png").write_bytes(b"x")
+    os.mkfifo(tmp_path / "b.png")
+    (tmp_path / "c.png").mkdir()
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / ".hidden.png").write_bytes(b"x")
+    assert [p.name for p in list_images(tmp_path)] == ["a.png", "b.png", "c.png"]

@@ -157,3 +157,23 @@ def test_cli_eval_json_and_bench_compare(bundle: Path, npz_bundle: Path, dataset
     both = json.loads((tmp_path / "b.json").read_text())
     assert both["a"]["scoring_backend"] == "faiss-cpu" and both["b"]["scoring_backend"] == "numpy"
     assert both["a"]["torch_imported"] is False  # measured in a fresh process that never imported torch
+
+
+def test_an_unscorable_image_or_mask_leaves_only_that_file_out(bundle: Path, dataset: Path, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    shutil.copytree(dataset, root)
+    test = sorted((root / CATEGORY / "test").glob("*/*.png"))
+    anomalous = [p for p in test if p.parent.name != "good"]
+    anomalous[0].write_bytes(b"junk")  # an image that cannot be scored
+    mask = sorted((root / CATEGORY / "ground_truth" / anomalous[1].parent.name).glob(f"{anomalous[1].stem}*"))[0]
+    mask.write_bytes(b"junk")  # a mask that cannot be decoded
+    ev = evaluate(bundle, root, CATEGORY)
+    assert ev.has_masks and ev.metrics["pixel_auroc"] is not None and ev.metrics["aupro"] is not None
+    assert ev.metrics["n_images"] == len(test) - 2 and ev.metrics["n_failed"] == 2
+    assert ev.maps.shape[0] == ev.masks.shape[0] == len(ev.scored)
+    assert any(str(anomalous[0]) in n and "left out" in n for n in ev.notes)
+    assert any(str(anomalous[1]) in n and "ground-truth mask" in n for n in ev.notes)
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    entry = recalibrate(copy, root, CATEGORY)  # pixel recalibration still happens
+    assert entry["pixel_threshold"] is not None

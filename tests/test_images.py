@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +108,7 @@ def test_corrupt_jpeg_body_is_refused(tmp_path: Path) -> None:
     data = bytearray(save(Image.new("RGB", (32, 32), (1, 2, 3)), tmp_path / "c.jpg").read_bytes())
     data[len(data) // 2 :] = b"\x00" * (len(data) - len(data) // 2)
     (tmp_path / "c.jpg").write_bytes(bytes(data))
-    with pytest.raises(ImageDecodeError, match="truncated or corrupt"):
+    with pytest.raises(ImageDecodeError, match="corrupt JPEG data"):
         decode_image(tmp_path / "c.jpg")
 
 
@@ -180,3 +181,137 @@ def test_grayscale_rgba_and_16bit_score_like_their_rgb_version(tmp_path: Path) -
     ref = load_image(rgb, cfg)
     for p in (l8, rgba, l16):
         np.testing.assert_array_equal(load_image(p, cfg), ref)
+
+
+# ---------------------------------------------------------------------------------- forged and odd files
+def _png_with_size(width: int, height: int) -> bytes:
+    """A tiny valid-looking PNG whose IHDR declares ``width x height`` (the CRC is recomputed)."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 8)) + chunk(b"IEND", b"")
+
+
+def test_forged_png_header_is_refused_before_decoding(tmp_path: Path) -> None:
+    import tracemalloc
+
+    path = tmp_path / "forged.png"
+    path.write_bytes(_png_with_size(1, 99_000_000))
+    assert path.stat().st_size < 80
+    tracemalloc.start()
+    with pytest.raises(ImageDecodeError, match="1x99000000 pixels: a side above 100,000 or an aspect ratio"):
+        decode_image(path)
+    assert tracemalloc.get_traced_memory()[1] < 10_000_000  # nothing the size of the image was allocated
+    tracemalloc.stop()
+    path.write_bytes(_png_with_size(5000, 5000))
+    with pytest.raises(ImageDecodeError, match="cannot be compressed into the file's"):
+        decode_image(path)
+
+
+def test_adexport_pixel_limit_speaks_before_pillows(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.png"
+    path.write_bytes(_png_with_size(20_000, 20_000))  # 400 MP: above Pillow's own 2 x 89 MP error limit
+    with pytest.raises(ImageDecodeError, match="400,000,000 pixels, above the limit of 100,000,000"):
+        decode_image(path)
+
+
+def test_jpeg_with_a_patched_size_is_refused(tmp_path: Path) -> None:
+    data = bytearray(save(Image.new("RGB", (32, 32), (10, 120, 240)), tmp_path / "s.jpg").read_bytes())
+    i = data.find(b"\xff\xc0")
+    data[i + 5 : i + 9] = (2000).to_bytes(2, "big") * 2
+    (tmp_path / "s.jpg").write_bytes(bytes(data))
+    with pytest.raises(ImageDecodeError, match="more than a sequential JPEG of .* bytes can hold"):
+        decode_image(tmp_path / "s.jpg")
+
+
+def test_float_tiff_with_nan_is_refused(tmp_path: Path) -> None:
+    arr = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    arr[2, 3] = np.nan
+    arr[4, 4] = np.inf
+    path = save(Image.fromarray(arr, "F"), tmp_path / "f.tif")
+    with pytest.raises(ImageDecodeError, match="2 NaN or infinite pixels"):
+        decode_image(path)
+
+
+def test_multi_frame_tiff_is_scored_on_the_first_frame_with_a_note(tmp_path: Path) -> None:
+    first, second = Image.new("RGB", (8, 8), (200, 0, 0)), Image.new("RGB", (8, 8), (0, 200, 0))
+    path = tmp_path / "pages.tif"
+    first.save(path, save_all=True, append_images=[second])
+    out = decode_image(path)
+    assert tuple(np.asarray(out)[0, 0]) == (200, 0, 0)
+    assert out.info["adx_note"] == "the file holds 2 frames (pages); scored the first"
+
+
+def test_special_files_say_what_they_are(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "dev.png").symlink_to("/dev/null")
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "gone.png")
+    (tmp_path / "dirlink.png").symlink_to(tmp_path)
+    Image.new("P", (4, 4)).save(tmp_path / "x.gif")
+    expected = {"pipe.png": "is a FIFO .named pipe., not an image file",
+                "dev.png": "is a character device .through a symbolic link to '/dev/null'.",
+                "dangling.png": "is a broken symbolic link",
+                "dirlink.png": "is a symbolic link to a folder",
+                "x.gif": "unsupported image format 'GIF'"}
+    for name, reason in expected.items():
+        with pytest.raises(ImageDecodeError, match=reason):
+            decode_image(tmp_path / name)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_unreadable_file_is_permission_denied_not_corrupt(tmp_path: Path) -> None:
+    path = save(Image.new("RGB", (4, 4)), tmp_path / "locked.png")
+    path.chmod(0)
+    with pytest.raises(ImageDecodeError, match="permission denied"):
+        decode_image(path)
+
+
+def _noise_jpeg(tmp_path: Path, name: str = "n.jpg", size=(96, 64), **kw) -> bytes:
+    arr = np.random.default_rng(2).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    return save(Image.fromarray(arr), tmp_path / name, **kw).read_bytes()
+
+
+@pytest.mark.parametrize("damage", ["zeroed_200_mid", "zeroed_20_early", "cut_with_eoi", "patched_size_small"])
+def test_jpeg_with_damaged_coded_data_is_refused(tmp_path: Path, damage: str) -> None:
+    """libjpeg conceals these (grey fill, no error); adexport walks the coded data itself."""
+    data = bytearray(_noise_jpeg(tmp_path))
+    if damage == "zeroed_200_mid":
+        m = len(data) // 2
+        data[m : m + 200] = b"\x00" * 200
+    elif damage == "zeroed_20_early":
+        m = len(data) // 5
+        data[m : m + 20] = b"\x00" * 20
+    elif damage == "cut_with_eoi":
+        data = data[: len(data) // 2] + b"\xff\xd9"
+    else:
+        i = data.find(b"\xff\xc0")
+        data[i + 5 : i + 9] = (80).to_bytes(2, "big") + (120).to_bytes(2, "big")  # 96x64 -> 120x80
+    (tmp_path / "bad.jpg").write_bytes(bytes(data))
+    Image.open(tmp_path / "bad.jpg").load()  # Pillow alone accepts it
+    with pytest.raises(ImageDecodeError, match="corrupt JPEG data: (premature end|corrupt data)"):
+        decode_image(tmp_path / "bad.jpg")
+
+
+@pytest.mark.parametrize("kw", [{}, {"quality": 100}, {"quality": 5}, {"subsampling": 0}, {"subsampling": 1},
+                                {"optimize": True}, {"restart_marker_blocks": 3}, {"progressive": True}])
+@pytest.mark.parametrize("mode,size", [("RGB", (96, 64)), ("L", (37, 23)), ("CMYK", (17, 9)), ("RGB", (1, 1))])
+def test_valid_jpegs_pass_the_coded_data_check(tmp_path: Path, kw: dict, mode: str, size) -> None:
+    arr = np.random.default_rng(3).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    path = save(Image.fromarray(arr).convert(mode), tmp_path / "ok.jpg", **kw)
+    assert decode_image(path).size == size
+
+
+def test_permission_denied_is_not_called_corrupt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Root reads any file, so the refusal is made by the open() the module calls."""
+    import adx_runtime.images as images
+
+    path = save(Image.new("RGB", (4, 4)), tmp_path / "locked.png")
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(images, "open", denied, raising=False)
+    with pytest.raises(ImageDecodeError, match="permission denied .cannot read the file.$"):
+        decode_image(path)

@@ -126,6 +126,7 @@ def test_padim_float16_store_halves_the_file_and_stays_close(dataset: Path, tmp_
 def test_spade_scorer_equals_brute_force(tmp_path: Path) -> None:
     import faiss
 
+    from adx_runtime.bundle import file_entry
     from adx_runtime.scorers.gallery import GalleryScorer
 
     rng = np.random.default_rng(1)
@@ -138,7 +139,8 @@ def test_spade_scorer_equals_brute_force(tmp_path: Path) -> None:
     np.savez(tmp_path / "m.npz", feature_maps=maps)
     manifest = {"scoring": {"kind": "gallery", "image_output": "i", "map_output": "m", "k": k,
                             "gallery": {"images_file": "g.faiss", "maps_file": "m.npz"}},
-                "postprocess": {"patch_grid": [4, 4]}}
+                "postprocess": {"patch_grid": [4, 4]},
+                "files": [file_entry(tmp_path, "g.faiss", "faiss"), file_entry(tmp_path, "m.npz", "npz")]}
     scorer = GalleryScorer(tmp_path, manifest, "cpu")
     q_img = rng.standard_normal((2, C)).astype(np.float32)
     q_map = rng.standard_normal((2, HW, D)).astype(np.float32)

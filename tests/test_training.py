@@ -174,3 +174,61 @@ def test_trained_method_keeps_its_loss_curve(method: str, dataset: Path, tmp_pat
     folder = save_fitted(fitted, tmp_path / "model")
     assert (folder / LOSS_CURVE).is_file()
     assert load_fitted(folder).report.loss_history == fitted.report.loss_history
+
+
+def test_corrupt_images_in_fit_and_holdout_are_skipped_and_reported(dataset: Path, tmp_path: Path) -> None:
+    """A corrupt hold-out image used to kill training after the whole fit."""
+    from adexport.data import holdout_split
+    from adexport.train import format_fit_summary, train
+
+    from conftest import TINY
+
+    root = tmp_path / "data"
+    shutil.copytree(dataset, root)
+    split = load_split(root, CATEGORY, need_test=False)
+    fit, held = holdout_split(split.train, 0.25, seed=0)
+    fit[0].path.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    held[0].path.write_bytes(b"")
+    f = train(root, CATEGORY, "patchcore", options=TINY, holdout=0.25)
+    skipped = dict(f.report.skipped)
+    assert skipped == {str(fit[0].path): skipped[str(fit[0].path)], str(held[0].path): "file is empty (0 bytes)"}
+    assert f.calibration["holdout_images"] == len(held) - 1 and f.dataset["holdout_images"] == len(held) - 1
+    assert f.dataset["fit_images"] == len(fit) - 1
+    text = format_fit_summary(f, 1.0, tmp_path / "m")
+    assert "skipped 2 undecodable train/good images" in text
+
+
+def test_no_decodable_holdout_image_stops_before_the_fit(dataset: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from adexport.data import holdout_split
+    from adexport.train import train
+    from adx_runtime.errors import DatasetError
+
+    from conftest import TINY
+
+    root = tmp_path / "data"
+    shutil.copytree(dataset, root)
+    _, held = holdout_split(load_split(root, CATEGORY, need_test=False).train, 0.25, seed=0)
+    for s in held:
+        s.path.write_bytes(b"junk")
+    import dataclasses
+
+    import adexport.train as train_mod
+
+    never = dataclasses.replace(METHODS["patchcore"], fit=lambda *a, **k: pytest.fail("fitted anyway"))
+    monkeypatch.setattr(train_mod, "get_method", lambda name: never)
+    with pytest.raises(DatasetError, match=f"none of the {len(held)} train/good images held out for calibration"):
+        train(root, CATEGORY, "patchcore", options=TINY, holdout=0.25)
+
+
+def test_holdout_message_suggests_only_what_can_help() -> None:
+    from adexport.data import holdout_split
+    from adx_runtime.datasets import Sample
+    from adx_runtime.errors import DatasetError
+
+    two = [Sample(Path(f"{i}.png"), "good") for i in range(2)]
+    with pytest.raises(DatasetError, match=r"Add normal images\.$"):
+        holdout_split(two, 0.2, seed=0)
+    four = [Sample(Path(f"{i}.png"), "good") for i in range(4)]
+    with pytest.raises(DatasetError, match=r"or lower --holdout \(at most 0.50 fits\)"):
+        holdout_split(four, 0.9, seed=0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import glob
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Annotated, Any, Callable, Optional, TypeVar
 import typer
 
 from adx_runtime.errors import AdxError, ConfigError, Interrupted
-from adx_runtime.images import IMAGE_SUFFIXES
+from adx_runtime.images import IMAGE_LIKE_SUFFIXES, IMAGE_SUFFIXES
 
 app = typer.Typer(
     name="adx",
@@ -78,26 +79,95 @@ def _parse_layers(text: Optional[str]) -> Optional[tuple[int | str, ...]]:
     return tuple(int(p) if p.lstrip("-").isdigit() else p for p in parts)
 
 
+def _image_like(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_LIKE_SUFFIXES
+
+
+def _scan_folder(folder: Path, recursive: bool, seen: set[str] | None = None) -> list[Path]:
+    """Every image-like entry of ``folder``, whatever it is (a FIFO, a device link, a folder named
+    x.png): each gets a result line, with the reason when it cannot be scored. With ``recursive``,
+    sub-folders are entered, symbolic links to folders too, but a folder already visited (a link
+    loop) is reported instead of entered again."""
+    seen = set() if seen is None else seen
+    seen.add(os.path.realpath(folder))
+    out: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return [folder]  # decode_image then says what is wrong with it
+    for entry in entries:
+        path = Path(entry.path)
+        try:
+            is_dir = entry.is_dir()
+        except OSError:
+            is_dir = False
+        if is_dir and recursive:
+            if os.path.realpath(path) in seen:
+                out.append(path)  # a loop: reported as a link to a folder, not entered
+            else:
+                out += _scan_folder(path, recursive, seen)
+        elif _image_like(path):
+            out.append(path)
+    return out
+
+
 def expand_inputs(inputs: list[str], recursive: bool = False) -> list[Path]:
-    """Files, folders (their images) and glob patterns -> image paths, in the order given."""
+    """Files, folders (their images) and glob patterns -> paths, in the order given.
+
+    Every path named is kept, even one that does not exist or is not a file: scoring gives it its
+    own error line and the others are still scored. A pattern that matches nothing is an error.
+    """
     out: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            pattern = "**/*" if recursive else "*"
-            out += sorted(p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        elif path.exists():
-            out.append(path)
-        elif any(ch in item for ch in "*?["):
-            matches = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
+            out += sorted(_scan_folder(path, recursive))
+        elif not os.path.lexists(path) and any(ch in item for ch in "*?["):
+            matches = sorted(Path(p) for p in glob.glob(item, recursive=True)
+                             if not Path(p).is_dir() or _image_like(Path(p)))
             if not matches:
                 raise ConfigError(f"the pattern {item!r} matches no files")
             out += matches
         else:
-            raise ConfigError(f"{item!r} is not a file, a folder or a glob pattern that matches files")
+            out.append(path)
     if not out:
         raise ConfigError(f"no images found in {', '.join(inputs)} (looked for {', '.join(IMAGE_SUFFIXES)})")
     return out
+
+
+def check_outputs(output: str, save_maps: Optional[Path], inputs: list[Path]) -> None:
+    """Refuse, before anything is scored, a result file or maps folder that cannot be written or
+    would destroy something (an input image, a folder)."""
+    if output != "-":
+        path = Path(output)
+        if path.is_dir():
+            raise ConfigError(f"--output {output!r} is a folder; give a file name, e.g. {str(path / 'scores.jsonl')!r}")
+        parent = path.parent
+        if not parent.is_dir():
+            raise ConfigError(f"--output {output!r}: the folder {str(parent)!r} does not exist; create it first")
+        if path.exists():
+            for p in inputs:
+                try:
+                    same = os.path.samefile(path, p)
+                except OSError:
+                    continue
+                if same:
+                    raise ConfigError(f"--output {output!r} is one of the input images ({str(p)!r}); writing results "
+                                      "there would destroy it. Choose another file name.")
+            if not os.access(path, os.W_OK):
+                raise ConfigError(f"--output {output!r} is not writable (permission denied)")
+        elif not os.access(parent, os.W_OK | os.X_OK):
+            raise ConfigError(f"--output {output!r}: the folder {str(parent)!r} is not writable (permission denied)")
+    if save_maps is not None:
+        if save_maps.exists() and not save_maps.is_dir():
+            raise ConfigError(f"--save-maps {str(save_maps)!r} is a file, not a folder; give a folder for the heatmaps")
+        existing = save_maps  # the folder, or the nearest part of its path that exists (it is created later)
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise ConfigError(f"--save-maps {str(save_maps)!r} cannot be created: {str(existing)!r} is a file")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ConfigError(f"--save-maps {str(save_maps)!r} is not writable ({str(existing)!r}: permission denied)")
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -184,7 +254,7 @@ def train(
     device: Annotated[str, typer.Option(help="Torch device: auto | cpu | cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass for feature extraction and calibration (a trained method's optimiser batch is --set batch_size=N).")] = 8,
     resume: Annotated[bool, typer.Option(help="Trained methods: go on from OUT.checkpoint.pt (written every checkpoint_every epochs and on Ctrl-C).")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it is a fitted model written by `adx train` (anything else is refused).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Fit a method on the normal images of one category and write the fitted model (safetensors + JSON).
@@ -231,7 +301,7 @@ def export(
     parity_tolerance: Annotated[Optional[float], typer.Option(help="Relative tolerance for scores and maps \\[default: the method's, 1e-3 for exact scoring].")] = None,
     max_batch: Annotated[int, typer.Option(help="TensorRT: largest batch of the engine's shape profile.")] = 16,
     fp16: Annotated[bool, typer.Option(help="TensorRT: build a float16 engine (parity measured against float32 torch); methods that lose accuracy in fp16 refuse it.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it is a bundle (anything else is refused); the old one is kept until the new one is in place.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
     """Export a fitted model to a bundle: ONNX graph, scoring data, manifest, parity check."""
@@ -273,6 +343,7 @@ def infer(
     from adx_runtime.predictor import Predictor  # noqa: PLC0415
 
     paths = expand_inputs(inputs, recursive)
+    check_outputs(output, save_maps, paths)
     predictor = Predictor.load(bundle, device=device, bank_device=bank_device, threshold=threshold)
     sink = sys.stdout if output == "-" else open(output, "w", newline="", encoding="utf-8")
     try:

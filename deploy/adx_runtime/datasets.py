@@ -54,11 +54,12 @@ class CategorySplit:
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Image files directly inside ``folder``, sorted by name (hidden files skipped)."""
-    return sorted(
-        p for p in folder.iterdir()
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-    )
+    """Entries directly inside ``folder`` named like images, sorted by name (hidden ones skipped).
+
+    Whatever they are: a FIFO, a device link or a folder named ``x.png`` is listed too, so that
+    decoding reports it (training skips it with the reason, evaluation names it) instead of it
+    vanishing silently."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
 
 
 def _is_category(path: Path) -> bool:

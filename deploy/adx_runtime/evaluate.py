@@ -123,21 +123,24 @@ def evaluate(
             advance(1)
             if not res.ok:
                 rec.error = res.error
-                notes.append(f"not scored: {rec.path}: {res.error}")
+                notes.append(f"left out (not scored): {rec.path}: {res.error}")
                 continue
-            rec.score, rec.normalized, rec.predicted = res.image_score, res.normalized_score, res.label
-            if res.anomaly_map is None:
-                continue
-            maps.append(res.anomaly_map)
-            if use_masks:
+            if res.anomaly_map is not None and use_masks:
                 if sample.mask_path is None:
                     mask = np.zeros(res.anomaly_map.shape, bool)
                 else:
                     try:
                         mask = preprocess_mask(decode_mask(sample.mask_path), pred.preprocess)
                     except ImageDecodeError as exc:
-                        raise ImageDecodeError(exc.path, f"ground-truth mask: {exc.reason}") from None
+                        # Leave this one image out (image and pixel metrics alike, so maps, masks and
+                        # scored records stay aligned) and say so; the rest keep their pixel metrics.
+                        rec.error = f"its ground-truth mask {exc.path} could not be decoded: {exc.reason}"
+                        notes.append(f"left out: {rec.path}: {rec.error}")
+                        continue
                 masks.append(mask)
+            rec.score, rec.normalized, rec.predicted = res.image_score, res.normalized_score, res.label
+            if res.anomaly_map is not None:
+                maps.append(res.anomaly_map)
 
     ok = [r for r in records if r.error is None]
     labels = np.array([r.label for r in ok], dtype=np.int64)

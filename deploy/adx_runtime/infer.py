@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Sequence
+from typing import IO, Any, Sequence
 
 from adx_runtime.errors import ConfigError
 from adx_runtime.images import decode_image
@@ -39,6 +40,18 @@ class InferSummary:
         if self.maps_dir is not None:
             line += f"; maps in {self.maps_dir}"
         return "\n".join([line, *self.notes])
+
+
+def _per_image_scaled(anomaly_map: Any) -> Any:
+    """A raw map scaled to [0, 1] by its own range: for heatmaps of a bundle without pixel calibration."""
+    lo, hi = float(anomaly_map.min()), float(anomaly_map.max())
+    return (anomaly_map - lo) / (hi - lo) if hi > lo else anomaly_map * 0.0
+
+
+def json_line(row: dict[str, Any]) -> str:
+    """One JSON object on one line; a missing or non-finite number is null (never the non-JSON NaN)."""
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+    return json.dumps(clean, allow_nan=False)
 
 
 def overlay_names(paths: Sequence[Path]) -> dict[str, str]:
@@ -85,8 +98,11 @@ def score_files(
         summary.maps_dir = save_maps
     writer = csv.writer(sink) if fmt == "csv" else None
     if writer:
-        writer.writerow(["path", "image_score", "normalized_score", "label", "error"])
+        writer.writerow(["path", "image_score", "normalized_score", "label", "error", "note"])
     names = overlay_names(paths) if want_maps else {}
+    if want_maps and predictor.pixel_threshold is None:
+        summary.notes.append("this bundle has no pixel calibration: each heatmap is scaled to its own map's range "
+                             "(not comparable between images; no pixel threshold is drawn)")
     with progress.task(f"Scoring {len(paths)} images", len(paths)) as advance:
         for res in predictor.predict_files(paths, batch_size=batch_size, keep_maps=want_maps):
             advance(1)
@@ -95,15 +111,18 @@ def score_files(
             summary.scored += res.ok
             summary.flagged += bool(res.label)
             if writer:
-                writer.writerow([res.path, res.image_score, res.normalized_score, label, res.error or ""])
+                writer.writerow([res.path, res.image_score, res.normalized_score, label, res.error or "", res.note or ""])
             else:
                 row = {"path": res.path, "error": res.error} if res.error else {
                     "path": res.path, "image_score": res.image_score, "normalized_score": res.normalized_score,
                     "label": label}
-                sink.write(json.dumps(row) + "\n")
+                if res.note:
+                    row["note"] = res.note
+                sink.write(json_line(row) + "\n")
             if want_maps and res.ok and res.anomaly_map is not None:
                 assert save_maps is not None and res.size is not None
-                norm = predictor.normalized_maps(res.anomaly_map)
+                norm = (predictor.normalized_maps(res.anomaly_map) if predictor.pixel_threshold is not None
+                        else _per_image_scaled(res.anomaly_map))
                 stem = names[res.path]
                 save_overlay(decode_image(res.path), norm, predictor.preprocess, save_maps / f"{stem}_heatmap.png")
                 if raw_maps:

@@ -11,6 +11,7 @@ back onto the image as it was sent (``FileResult.size``).
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from PIL import Image
 from threadpoolctl import ThreadpoolController
 
 from adx_runtime import calibration
-from adx_runtime.bundle import load_manifest
+from adx_runtime.bundle import bundle_file, bundle_folder, load_manifest
 from adx_runtime.errors import BundleError, ConfigError, ImageDecodeError
 from adx_runtime.images import decode_image
 from adx_runtime.postprocess import MapPostprocessor, PostprocessSpec, image_scores_from_maps
@@ -58,6 +59,7 @@ class FileResult:
     anomaly_map: np.ndarray | None = None  # (H, W) raw, at the model's input size
     size: tuple[int, int] | None = None  # (width, height) of the decoded image as sent
     error: str | None = None
+    note: str | None = None  # something the user should know about a scored file (e.g. first frame only)
 
     @property
     def ok(self) -> bool:
@@ -119,6 +121,7 @@ class Predictor:
         bank_device: str = "auto",
         threshold: float | None = None,
         threads: int = 0,
+        export_in_progress: bool = False,
     ) -> "Predictor":
         """Verify and open a bundle.
 
@@ -126,17 +129,30 @@ class Predictor:
             device: ONNX Runtime provider: ``cpu``, ``cuda`` or ``tensorrt``; refused if unavailable.
             bank_device: where FAISS searches: ``cpu``, ``cuda`` or ``auto`` (``cuda`` when the graph
                 runs on a GPU and FAISS has GPU support, else ``cpu``).
-            threshold: raw image threshold overriding the calibrated one.
+            threshold: raw image threshold overriding the calibrated one; must be a finite number.
+            export_in_progress: only for export's parity check, which loads the bundle before its
+                parity section exists.
         """
         root = Path(bundle)
+        if threshold is not None and not math.isfinite(threshold):
+            raise ConfigError(f"--threshold must be a finite number, got {threshold}; give a raw image-score threshold "
+                              "such as the one `adx calibrate` prints, or leave it out to use the bundle's")
         require_provider(device)
-        manifest = load_manifest(root, verify=True)
+        manifest = load_manifest(root, verify=True, export_in_progress=export_in_progress)
         if bank_device == "auto":
             bank_device = "cuda" if device != "cpu" and _faiss_has_gpu() else "cpu"
-        trt_options = _tensorrt_options(root, manifest) if device == "tensorrt" else None
-        session = create_session(root / manifest["graph"]["file"], device, threads=threads, trt_options=trt_options)
-        scorer = create_scorer(root, manifest, bank_device)
-        return cls(root, manifest, session, scorer, threshold, device)
+        try:
+            trt_options = _tensorrt_options(root, manifest) if device == "tensorrt" else None
+            graph_path = bundle_file(root, manifest, manifest["graph"]["file"], what="graph.file")
+            session = create_session(graph_path, device, threads=threads, trt_options=trt_options)
+            check_graph_signature(session, manifest, root)
+            scorer = create_scorer(root, manifest, bank_device)
+            return cls(root, manifest, session, scorer, threshold, device)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            # The types the runtime reads are checked in read_manifest; this is the net under that
+            # check, so a manifest malformed in a way it does not foresee is still one line.
+            what = f"lacks {exc.args[0]!r}" if isinstance(exc, KeyError) else f"is malformed ({exc})"
+            raise BundleError(f"the manifest of bundle {str(root)!r} {what}; re-export the bundle") from None
 
     # ------------------------------------------------------------------ describe
     @property
@@ -233,17 +249,22 @@ class Predictor:
         and the rest of its batch is still scored. Results come in input order."""
         if batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {batch_size}")
-        pending: list[tuple[str, np.ndarray | None, str | None, tuple[int, int] | None]] = []
+        pending: list[tuple[str, np.ndarray | None, str | None, tuple[int, int] | None, str | None]] = []
 
         def flush() -> Iterator[FileResult]:
-            good = [t for _, t, _, _ in pending if t is not None]
+            good = [t for _, t, _, _, _ in pending if t is not None]
             pred = self.predict_tensor(stack(good)) if good else None
             j = 0
-            for path, tensor, error, size in pending:
+            for path, tensor, error, size, note in pending:
                 if tensor is None:
                     yield FileResult(path=path, error=error)
                     continue
                 assert pred is not None
+                if not math.isfinite(float(pred.image_scores[j])):
+                    yield FileResult(path=path, size=size, error=f"the model gave a non-finite score "
+                                     f"({float(pred.image_scores[j])}) for this image; it was not labelled")
+                    j += 1
+                    continue
                 yield FileResult(
                     path=path,
                     image_score=float(pred.image_scores[j]),
@@ -251,26 +272,58 @@ class Predictor:
                     label=bool(pred.labels[j]),
                     anomaly_map=pred.anomaly_maps[j] if keep_maps and pred.anomaly_maps is not None else None,
                     size=size,
+                    note=note,
                 )
                 j += 1
             pending.clear()
 
         for p in paths:
             t0 = time.perf_counter()
-            size = None
+            size = note = None
             try:
                 img = decode_image(p)
                 size = img.size
+                note = img.info.get("adx_note")
                 tensor: np.ndarray | None = preprocess_image(img, self.preprocess)
                 error = None
             except ImageDecodeError as exc:
                 tensor, error = None, exc.reason
             self.timer.add("preprocess", time.perf_counter() - t0)
-            pending.append((str(p), tensor, error, size))
+            pending.append((str(p), tensor, error, size, note))
             if len(pending) >= batch_size:
                 yield from flush()
         if pending:
             yield from flush()
+
+
+def check_graph_signature(session: Any, manifest: dict[str, Any], root: Path) -> None:
+    """The graph's input and output names and static sizes must be what the manifest says (and the
+    input what the input contract says), checked when the bundle is opened, not at the first batch."""
+    graph = manifest["graph"]
+    pre = manifest["input"]
+    size = pre.get("input_size") or pre.get("center_crop") or pre.get("resize")
+
+    def dims(shape: Any) -> list[Any]:
+        return [d if isinstance(d, int) and not isinstance(d, bool) else None for d in shape]
+
+    problems = []
+    for kind, declared, actual in (("input", graph["inputs"], session.get_inputs()),
+                                   ("output", graph["outputs"], session.get_outputs())):
+        want = [(d["name"], dims(d["shape"])) for d in declared]
+        got = [(a.name, dims(a.shape)) for a in actual]
+        if [n for n, _ in want] != [n for n, _ in got]:
+            problems.append(f"{kind} names {[n for n, _ in got]} in the graph, {[n for n, _ in want]} in the manifest")
+            continue
+        for (name, w), (_, g) in zip(want, got):
+            fixed = [(a, b) for a, b in zip(w, g) if a is not None and b is not None]
+            if len(w) != len(g) or any(a != b for a, b in fixed):
+                problems.append(f"{kind} {name!r} has shape {g} in the graph, {w} in the manifest")
+    first = dims(graph["inputs"][0]["shape"])
+    if size is not None and len(first) == 4 and first[2:] != [None, None] and first[2:] != [int(v) for v in size]:
+        problems.append(f"input {graph['inputs'][0]['name']!r} is {first[2:]} but the input contract says {list(size)}")
+    if problems:
+        raise BundleError(f"the graph of bundle {str(root)!r} does not match its manifest: {'; '.join(problems)}. "
+                          "The graph and manifest do not belong together; re-export the bundle.")
 
 
 def _faiss_has_gpu() -> bool:
@@ -289,8 +342,19 @@ def _tensorrt_options(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
             f"bundle {str(root)!r} has no TensorRT section; build its engine first with "
             "`adx export MODEL --format tensorrt` on the target GPU, or use --device cuda"
         )
-    return tensorrt_provider_options(root / trt["engine_dir"], trt["profile"], fp16=bool(trt.get("fp16")),
-                                     prefix=trt["engine_prefix"])
+    engine_dir = bundle_folder(root, trt["engine_dir"], what="tensorrt.engine_dir")
+    # ONNX Runtime reads whatever engine in that folder matches the prefix: every file there must
+    # be one export listed (and so checksummed), not one dropped in or rebuilt afterwards.
+    for path in sorted(engine_dir.iterdir()):
+        name = f"{trt['engine_dir'].rstrip('/')}/{path.name}"
+        if not any(e["path"] == name for e in manifest["files"]):
+            raise BundleError(
+                f"bundle {str(root)!r}: {name!r} is in the TensorRT engine folder but not listed in the manifest's "
+                "files, so it is unverified (written after export, e.g. an engine rebuilt for another GPU or "
+                "TensorRT). Remove it, or re-export with --format tensorrt on this machine."
+            )
+        bundle_file(root, manifest, name, what="TensorRT engine")
+    return tensorrt_provider_options(engine_dir, trt["profile"], fp16=bool(trt.get("fp16")), prefix=trt["engine_prefix"])
 
 
 def tensorrt_provider_options(engine_dir: Path, profile: dict[str, str], *, fp16: bool, prefix: str) -> dict[str, Any]:

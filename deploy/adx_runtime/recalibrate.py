@@ -8,9 +8,10 @@ Two rules:
   (good pixels, for the pixel threshold) is flagged.
 
 The split is the dataset's ``test/`` folder; keep a separate validation set in the same layout to
-leave the test set untouched. Only the manifest's ``calibration`` section changes (the manifest
-is not among the checksummed files), so the graph and bank stay verified. The section is changed
-in the manifest as it is on disk: a bundle of an older schema keeps its schema.
+leave the test set untouched. Only the manifest's ``calibration`` section changes (it is not among
+the sections whose digest is recorded), so the graph, bank and protected sections stay verified.
+The section is changed in the manifest as it is on disk: a bundle of an older schema keeps its
+schema. The read-modify-write holds the bundle's ``.manifest.lock``: two runs at once both land.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from adx_runtime import calibration, metrics
-from adx_runtime.bundle import MANIFEST, load_manifest, write_json_atomic
+from adx_runtime.bundle import MANIFEST, load_manifest, manifest_lock, read_manifest, write_json_atomic
 from adx_runtime.errors import ConfigError
 from adx_runtime.evaluate import evaluate
 from adx_runtime.progress import SILENT, Progress
@@ -59,8 +60,19 @@ def recalibrate(
         raise ConfigError(f"--fpr must be in [0, 1), got {fpr}")
     root = Path(bundle)
     load_manifest(root)  # refuses a bad or tampered bundle before anything is scored
-    manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))  # as on disk, not upgraded
     ev = evaluate(root, dataset, category, device=device, bank_device="cpu", batch_size=batch_size, progress=progress)
+    # Read, change and write the manifest under its lock, reading it again there: a second
+    # `adx calibrate` that finished meanwhile has its history entry kept, not overwritten.
+    with manifest_lock(root):
+        read_manifest(root)  # still a valid, untampered manifest
+        manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))  # as on disk, not upgraded
+        entry = _apply(manifest, ev, mode, fpr)
+        write_json_atomic(root / MANIFEST, manifest)
+    return entry
+
+
+def _apply(manifest: dict[str, Any], ev: Any, mode: str, fpr: float) -> dict[str, Any]:
+    """Set new thresholds from the scored split ``ev`` in ``manifest``; returns the history entry."""
     ok = ev.scored
     labels = np.array([r.label for r in ok])
     scores = np.array([r.score for r in ok], np.float64)
@@ -104,7 +116,6 @@ def recalibrate(
         },
     }
     cal.setdefault("history", []).append(entry)
-    write_json_atomic(root / MANIFEST, manifest)
     return entry
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from adx_runtime.bundle import bundle_file
 from adx_runtime.errors import BundleError
 from adx_runtime.knn import load_bank, squared_to_distance
 from adx_runtime.scorers import ScoreOutput
@@ -26,8 +27,10 @@ class GalleryScorer:
             self.grid = tuple(manifest["postprocess"]["patch_grid"])
             self.k = int(s["k"])
             g = s["gallery"]
-            self.images = load_bank(Path(bundle_dir) / g["images_file"], "faiss", bank_device)
-            with np.load(Path(bundle_dir) / g["maps_file"], allow_pickle=False) as data:
+            self.images = load_bank(bundle_file(bundle_dir, manifest, g["images_file"], what="scoring.gallery.images_file"),
+                                    "faiss", bank_device)
+            with np.load(bundle_file(bundle_dir, manifest, g["maps_file"], what="scoring.gallery.maps_file"),
+                         allow_pickle=False) as data:
                 self.maps = np.ascontiguousarray(data["feature_maps"], dtype=np.float32)  # (N, h*w, D)
         except KeyError as exc:
             raise BundleError(f"SPADE bundle lacks {exc.args[0]!r} in its scoring data; re-export it") from None

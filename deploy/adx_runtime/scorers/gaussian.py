@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from adx_runtime.bundle import bundle_file
 from adx_runtime.errors import BundleError
 from adx_runtime.scorers import ScoreOutput
 
@@ -45,7 +46,7 @@ class GaussianScorer:
             grid = manifest["postprocess"]["patch_grid"]
             self.grid = tuple(grid) if grid else None  # None: one Gaussian, image-level scores
             g = s["gaussian"]
-            with np.load(Path(bundle_dir) / g["file"], allow_pickle=False) as data:
+            with np.load(bundle_file(bundle_dir, manifest, g["file"], what="scoring.gaussian.file"), allow_pickle=False) as data:
                 self.mean = np.ascontiguousarray(data["mean"], dtype=np.float32)
                 packed = data["chol_packed"]
         except KeyError as exc:

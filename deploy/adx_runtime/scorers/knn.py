@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from adx_runtime.bundle import bundle_file
 from adx_runtime.errors import BundleError
 from adx_runtime.knn import load_bank
 from adx_runtime.scorers import ScoreOutput
@@ -39,7 +40,8 @@ class KnnScorer:
             self.grid = tuple(manifest["postprocess"]["patch_grid"])
             self.num_neighbors = int(s["num_neighbors"])
             bank = s["bank"]
-            self.bank = load_bank(Path(bundle_dir) / bank["file"], bank["format"], bank_device)
+            self.bank = load_bank(bundle_file(bundle_dir, manifest, bank["file"], what="scoring.bank.file"), bank["format"],
+                                  bank_device)
         except KeyError as exc:
             raise BundleError(f"manifest scoring section lacks {exc.args[0]!r}; re-export the bundle") from None
         self.backend = self.bank.backend
