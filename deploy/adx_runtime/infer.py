@@ -12,13 +12,16 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Sequence
+from typing import IO, TYPE_CHECKING, Callable, Sequence
 
 from adx_runtime.errors import ConfigError
 from adx_runtime.images import decode_image
 from adx_runtime.overlay import RAW_MAP_FORMATS, save_overlay, save_raw_map
-from adx_runtime.predictor import Predictor
+from adx_runtime.predictor import FileResult, Predictor
 from adx_runtime.progress import SILENT, Progress
+
+if TYPE_CHECKING:
+    from adx_runtime.client import RemoteModel
 
 RESULT_FORMATS = ("jsonl", "csv")
 
@@ -34,8 +37,8 @@ class InferSummary:
 
     def format(self) -> str:
         total = self.scored + self.failed
-        line = (f"scored {self.scored} of {total} images: {self.flagged} anomalous (threshold {self.threshold:.4g}), "
-                f"{self.failed} failed")
+        threshold = f" (threshold {self.threshold:.4g})" if self.threshold == self.threshold else ""
+        line = f"scored {self.scored} of {total} images: {self.flagged} anomalous{threshold}, {self.failed} failed"
         if self.maps_dir is not None:
             line += f"; maps in {self.maps_dir}"
         return "\n".join([line, *self.notes])
@@ -83,24 +86,12 @@ def score_files(
                              "anomaly map")
     else:
         summary.maps_dir = save_maps
-    writer = csv.writer(sink) if fmt == "csv" else None
-    if writer:
-        writer.writerow(["path", "image_score", "normalized_score", "label", "error"])
+    write = _row_writer(sink, fmt)
     names = overlay_names(paths) if want_maps else {}
     with progress.task(f"Scoring {len(paths)} images", len(paths)) as advance:
         for res in predictor.predict_files(paths, batch_size=batch_size, keep_maps=want_maps):
             advance(1)
-            label = None if res.label is None else ("anomalous" if res.label else "normal")
-            summary.failed += not res.ok
-            summary.scored += res.ok
-            summary.flagged += bool(res.label)
-            if writer:
-                writer.writerow([res.path, res.image_score, res.normalized_score, label, res.error or ""])
-            else:
-                row = {"path": res.path, "error": res.error} if res.error else {
-                    "path": res.path, "image_score": res.image_score, "normalized_score": res.normalized_score,
-                    "label": label}
-                sink.write(json.dumps(row) + "\n")
+            write(res, summary)
             if want_maps and res.ok and res.anomaly_map is not None:
                 assert save_maps is not None and res.size is not None
                 norm = predictor.normalized_maps(res.anomaly_map)
@@ -110,4 +101,42 @@ def score_files(
                     suffix = ".npy" if raw_maps == "npy" else ".png"
                     save_raw_map(res.anomaly_map, res.size, predictor.preprocess, save_maps / f"{stem}_map{suffix}",
                                  raw_maps, norm_map=norm)
+    return summary
+
+
+def _row_writer(sink: IO[str], fmt: str) -> Callable[[FileResult, InferSummary], None]:
+    """One result line per image (JSON lines or CSV), counted into the summary: the same lines for
+    local and served inference."""
+    writer = csv.writer(sink) if fmt == "csv" else None
+    if writer:
+        writer.writerow(["path", "image_score", "normalized_score", "label", "error"])
+
+    def write(res: FileResult, summary: InferSummary) -> None:
+        label = None if res.label is None else ("anomalous" if res.label else "normal")
+        summary.failed += not res.ok
+        summary.scored += res.ok
+        summary.flagged += bool(res.label)
+        if writer:
+            writer.writerow([res.path, res.image_score, res.normalized_score, label, res.error or ""])
+        else:
+            row = {"path": res.path, "error": res.error} if res.error else {
+                "path": res.path, "image_score": res.image_score, "normalized_score": res.normalized_score,
+                "label": label}
+            sink.write(json.dumps(row) + "\n")
+
+    return write
+
+
+def score_files_remote(model: "RemoteModel", paths: Sequence[Path], sink: IO[str], *, fmt: str = "jsonl",
+                       progress: Progress = SILENT) -> InferSummary:
+    """Like :func:`score_files`, through a served model (``adx infer --server``): one request per image."""
+    if fmt not in RESULT_FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(RESULT_FORMATS)}, got {fmt!r}")
+    summary = InferSummary(threshold=float("nan"))
+    summary.notes.append(f"scored by {model.name} on the server (its calibrated threshold)")
+    write = _row_writer(sink, fmt)
+    with progress.task(f"Scoring {len(paths)} images on the server", len(paths)) as advance:
+        for res in model.predict_files(paths):
+            advance(1)
+            write(res, summary)
     return summary
