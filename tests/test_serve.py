@@ -114,6 +114,18 @@ def test_startup_line_says_where_it_listens_and_what_is_ready(served: Served) ->
     assert f"listening on http://127.0.0.1:{served.http} (HTTP) and 127.0.0.1:{served.grpc} (gRPC)" in line
     assert "ready: patchcore_weave (v1; bytes: patchcore_weave_image), padim_weave (v1; bytes: padim_weave_image)" in line
     assert "failed: " in line and line.endswith("tampered, " + line.rsplit(", ", 1)[-1]) and "future" in line
+    import urllib.error
+    import urllib.request
+
+    def status(path: str) -> int:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{served.http}{path}", timeout=10) as resp:
+                return resp.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    assert status("/v2/health/live") == 200 and status("/v2/health/ready") == 200
+    assert status("/v2/models/padim_weave_image/ready") == 200 and status("/v2/models/no_such_model/ready") == 400
     errors = "\n".join(served.stderr)
     assert "tampered is not served" in errors and "failed its checksum" in errors
     assert "future is not served" in errors and "schema version 99" in errors

@@ -227,7 +227,7 @@ def export(
     parity_images: Annotated[Optional[list[str]], typer.Option(help="Images for the parity check \\[default: recorded at training].")] = None,
     parity_tolerance: Annotated[Optional[float], typer.Option(help="Relative tolerance for scores and maps \\[default: the method's, 1e-3 for exact scoring].")] = None,
     max_batch: Annotated[int, typer.Option(help="TensorRT: largest batch of the engine's shape profile; triton: max_batch_size.")] = 16,
-    max_queue_delay_us: Annotated[int, typer.Option(help="triton: dynamic batching's max_queue_delay_microseconds.")] = 500,
+    max_queue_delay_us: Annotated[int, typer.Option(help="triton: dynamic batching's max_queue_delay_microseconds (0: batch what queued while the model was busy).")] = 0,
     instances: Annotated[int, typer.Option(help="triton: instances of each model (instance_group count).")] = 1,
     fp16: Annotated[bool, typer.Option(help="TensorRT: build a float16 engine (parity measured against float32 torch); methods that lose accuracy in fp16 refuse it.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
@@ -266,7 +266,7 @@ def triton_repo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Triton model repository (created, or a new version added).")],
     name: Annotated[Optional[str], typer.Option(help="Model name \\[default: METHOD_CATEGORY from the manifest].")] = None,
     max_batch: Annotated[int, typer.Option(help="max_batch_size of every model.")] = 16,
-    max_queue_delay_us: Annotated[int, typer.Option(help="Dynamic batching: longest wait for a fuller batch, microseconds.")] = 500,
+    max_queue_delay_us: Annotated[int, typer.Option(help="Dynamic batching: longest wait for a fuller batch, microseconds (0: batch what queued while the model was busy; each ensemble step waits).")] = 0,
     instances: Annotated[int, typer.Option(help="Instances of each model (instance_group count).")] = 1,
 ) -> None:
     """Write a bundle as a Triton model repository: graph (onnxruntime backend), scorer and decoder (Python
@@ -285,7 +285,7 @@ def serve(
     http_port: Annotated[int, typer.Option(help="HTTP/REST port (KServe v2 protocol).")] = 8000,
     grpc_port: Annotated[int, typer.Option(help="gRPC port.")] = 8001,
     max_batch: Annotated[int, typer.Option(help="Dynamic batching: largest batch (1 = no batching).")] = 16,
-    max_queue_delay_us: Annotated[int, typer.Option(help="Dynamic batching: longest wait for a fuller batch, microseconds.")] = 500,
+    max_queue_delay_us: Annotated[int, typer.Option(help="Dynamic batching: longest wait for a fuller batch, microseconds (0: batch what queued while the model was busy; each ensemble step waits).")] = 0,
     instances: Annotated[int, typer.Option(help="Instances of each model (parallel executions).")] = 1,
     threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads per graph instance (0 = all cores).")] = 0,
     startup_timeout: Annotated[float, typer.Option(help="Seconds to wait for the server to answer.")] = 180.0,

@@ -149,7 +149,7 @@ class ServeOptions:
     http_port: int = 8000
     grpc_port: int = 8001
     max_batch: int = 16
-    delay_us: int = 500
+    delay_us: int = 0
     instances: int = 1
     threads: int = 0
     startup_timeout: float = 180.0

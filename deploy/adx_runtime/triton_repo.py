@@ -120,7 +120,7 @@ def score_outputs(manifest: dict[str, Any]) -> list[tuple[str, str, list[int]]]:
 
 
 def model_configs(manifest: dict[str, Any], name: str, *, manifest_sha256: str, bundle_dir: str,
-                  graph_backend: str = "onnxruntime", max_batch: int = 16, delay_us: int = 500,
+                  graph_backend: str = "onnxruntime", max_batch: int = 16, delay_us: int = 0,
                   instances: int = 1, threads: int = 0) -> dict[str, str]:
     """``{model name: config.pbtxt text}`` for the five models of one bundle.
 
@@ -215,7 +215,7 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 
 def write_repository(bundle: str | Path, out: str | Path, *, name: str | None = None, graph_backend: str = "onnxruntime",
-                     copy_bundle: bool = True, max_batch: int = 16, delay_us: int = 500, instances: int = 1,
+                     copy_bundle: bool = True, max_batch: int = 16, delay_us: int = 0, instances: int = 1,
                      threads: int = 0) -> RepositoryEntry:
     """Add ``bundle`` to the Triton model repository ``out`` (created if missing) as the next version.
 
