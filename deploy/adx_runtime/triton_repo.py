@@ -305,8 +305,9 @@ version folder, and every `config.pbtxt` records the bundle manifest's sha256 (`
   preprocessed on the server by adx_runtime's own decoder, so a thin client needs only `tritonclient`.
   A file that cannot be decoded fails its request with the reason; other requests are not affected.
 - `NAME_graph` runs the ONNX graph on Triton's `onnxruntime` backend; `NAME_score` and `NAME_decode` run on
-  the Python backend with adx_runtime's scorer and decoder, and verify the bundle copy in their version
-  folder (sha256 of every file) before they load.
+  the Python backend with adx_runtime's scorer and decoder. `NAME_score` verifies the bundle copy in its
+  version folder (sha256 of every file, and the manifest's against its config) before it loads;
+  `NAME_decode` reads the input contract from its config.
 
 ## Run it with the official Triton container
 
