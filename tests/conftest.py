@@ -83,3 +83,15 @@ def bundle_copy(bundle: Path, tmp_path: Path) -> Path:
 
 def list_test_images(dataset: Path) -> list[Path]:
     return sorted((dataset / CATEGORY / "test").glob("*/*.png"))
+
+
+@pytest.fixture(scope="session")
+def padim_bundle(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny PaDiM bundle (the ``gaussian`` scoring kind), next to the PatchCore one (``knn``)."""
+    from adexport.export import export_bundle
+    from adexport.train import train
+
+    fitted = train(dataset, CATEGORY, "padim", options={**TINY, "n_features": 40}, holdout=0.25)
+    out = tmp_path_factory.mktemp("bundles") / "padim"
+    export_bundle(fitted, out)
+    return out

@@ -22,7 +22,8 @@ def invoke(*args: str):
     return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
-COMMANDS = ["demo-data", "synth-preview", "train", "methods", "export", "infer", "eval", "demo", "calibrate", "bench", "bench-fit"]
+COMMANDS = ["demo-data", "synth-preview", "train", "methods", "export", "infer", "eval", "demo", "calibrate", "bench",
+            "bench-fit", "triton-repo", "serve"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

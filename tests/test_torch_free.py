@@ -4,6 +4,7 @@ its scores match the trained PyTorch model within the tolerance the manifest rec
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import textwrap
 from pathlib import Path
@@ -25,7 +26,9 @@ def torch_free_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run(python: Path, *args: str) -> subprocess.CompletedProcess:
     # From the venv's own folder: the repository checkout must not be on sys.path, as on an edge box.
-    return subprocess.run([str(python), *args], capture_output=True, text=True, timeout=300, cwd=python.parent)
+    # Nor through PYTHONPATH (a development shell may point it at the checkout).
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run([str(python), *args], capture_output=True, text=True, timeout=300, cwd=python.parent, env=env)
 
 
 def test_torch_cannot_be_imported_there(torch_free_python: Path) -> None:

@@ -293,18 +293,26 @@ def methods(
 def export(
     model: Annotated[Path, typer.Argument(help="Fitted model folder written by `adx train`.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Bundle folder to write (atomically).")],
-    format: Annotated[str, typer.Option("--format", "-f", help="onnx | tensorrt (ONNX bundle + engine for this GPU).")] = "onnx",
+    format: Annotated[str, typer.Option("--format", "-f", help="onnx | tensorrt (ONNX bundle + engine for this GPU) | triton (MODEL is a bundle; OUT a Triton model repository).")] = "onnx",
     bank: Annotated[Optional[str], typer.Option(help="Memory-bank methods (PatchCore): faiss (a FAISS index) or npz (numpy arrays) \\[default: faiss]. Other methods refuse it.")] = None,
     index_type: Annotated[Optional[str], typer.Option(help="Memory-bank methods (PatchCore): FAISS index factory string: Flat (exact), HNSW32, IVF64,Flat, ... \\[default: Flat]. Other methods refuse it.")] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
     parity_images: Annotated[Optional[list[str]], typer.Option(help="Images for the parity check \\[default: recorded at training].")] = None,
     parity_tolerance: Annotated[Optional[float], typer.Option(help="Relative tolerance for scores and maps \\[default: the method's, 1e-3 for exact scoring].")] = None,
-    max_batch: Annotated[int, typer.Option(help="TensorRT: largest batch of the engine's shape profile.")] = 16,
+    max_batch: Annotated[int, typer.Option(help="TensorRT: largest batch of the engine's shape profile; triton: max_batch_size.")] = 16,
+    max_queue_delay_us: Annotated[int, typer.Option(help="triton: dynamic batching's max_queue_delay_microseconds (0: batch what queued while the model was busy).")] = 0,
+    instances: Annotated[int, typer.Option(help="triton: instances of each model (instance_group count).")] = 1,
     fp16: Annotated[bool, typer.Option(help="TensorRT: build a float16 engine (parity measured against float32 torch); methods that lose accuracy in fp16 refuse it.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it is a bundle (anything else is refused); the old one is kept until the new one is in place.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
-    """Export a fitted model to a bundle: ONNX graph, scoring data, manifest, parity check."""
+    """Export a fitted model to a bundle: ONNX graph, scoring data, manifest, parity check.
+
+    With --format triton, MODEL is a bundle folder and OUT a Triton model repository (see `adx triton-repo`).
+    """
+    if format == "triton":
+        _triton_repo(model, out, max_batch=max_batch, delay_us=max_queue_delay_us, instances=instances, name=None)
+        return
     from adexport.export import TOLERANCE_EXACT, export_bundle, format_export_summary  # noqa: PLC0415
 
     images = [str(p) for p in expand_inputs(parity_images)] if parity_images else None
@@ -317,12 +325,65 @@ def export(
     typer.echo(format_export_summary(manifest, out))
 
 
+def _triton_repo(bundle: Path, out: Path, **kw: Any) -> None:
+    from adx_runtime.triton_repo import write_repository  # noqa: PLC0415
+
+    entry = write_repository(bundle, out, **kw)
+    typer.echo(entry.format(out))
+
+
+@app.command("triton-repo")
+@handle_errors
+def triton_repo(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder written by `adx export`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Triton model repository (created, or a new version added).")],
+    name: Annotated[Optional[str], typer.Option(help="Model name \\[default: METHOD_CATEGORY from the manifest].")] = None,
+    max_batch: Annotated[int, typer.Option(help="max_batch_size of every model.")] = 16,
+    max_queue_delay_us: Annotated[int, typer.Option(help="Dynamic batching: longest wait for a fuller batch, microseconds (0: batch what queued while the model was busy; each ensemble step waits).")] = 0,
+    instances: Annotated[int, typer.Option(help="Instances of each model (instance_group count).")] = 1,
+) -> None:
+    """Write a bundle as a Triton model repository: graph (onnxruntime backend), scorer and decoder (Python
+    backend, the runtime's own code), ensembles for float tensors and for encoded image bytes.
+
+    A new export of the same model becomes the next version folder; the generated README.md says how to run it.
+    """
+    _triton_repo(bundle, out, name=name, max_batch=max_batch, delay_us=max_queue_delay_us, instances=instances)
+
+
+@app.command()
+@handle_errors
+def serve(
+    bundles: Annotated[list[Path], typer.Argument(help="Bundle folders to serve.")],
+    host: Annotated[str, typer.Option(help="Address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface).")] = "127.0.0.1",
+    http_port: Annotated[int, typer.Option(help="HTTP/REST port (KServe v2 protocol).")] = 8000,
+    grpc_port: Annotated[int, typer.Option(help="gRPC port.")] = 8001,
+    max_batch: Annotated[int, typer.Option(help="Dynamic batching: largest batch (1 = no batching).")] = 16,
+    max_queue_delay_us: Annotated[int, typer.Option(help="Dynamic batching: longest wait for a fuller batch, microseconds (0: batch what queued while the model was busy; each ensemble step waits).")] = 0,
+    instances: Annotated[int, typer.Option(help="Instances of each model (parallel executions).")] = 1,
+    threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads per graph instance (0 = all cores).")] = 0,
+    startup_timeout: Annotated[float, typer.Option(help="Seconds to wait for the server to answer.")] = 180.0,
+    verbose: Annotated[bool, typer.Option(help="Show Triton's own log.")] = False,
+) -> None:
+    """Serve bundles on Triton Inference Server (PyTriton's tritonserver) until SIGTERM or Ctrl-C.
+
+    Each bundle is verified and served as NAME (preprocessed float input) and NAME_image (encoded image bytes);
+    a bundle that fails is reported and the others still serve. Needs `pip install 'adexport[serve]'`.
+    """
+    from adx_runtime.serve import ServeOptions, serve as run_serve  # noqa: PLC0415
+
+    options = ServeOptions(host=host, http_port=http_port, grpc_port=grpc_port, max_batch=max_batch,
+                           delay_us=max_queue_delay_us, instances=instances, threads=threads,
+                           startup_timeout=startup_timeout, verbose=verbose)
+    raise typer.Exit(run_serve([str(b) for b in bundles], options, lambda line: typer.echo(line, err=line.startswith(("error", "note")))))
+
+
 # ---------------------------------------------------------------------------------------- infer
 @app.command()
 @handle_errors
 def infer(
-    bundle: Annotated[Path, typer.Argument(help="Bundle folder written by `adx export`.")],
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder written by `adx export`; with --server, the served model's name (or a bundle folder, whose manifest names it).")],
     inputs: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns (quote them).")],
+    server: Annotated[Optional[str], typer.Option(help="Score on a Triton server (`adx serve`): http://HOST:PORT or grpc://HOST:PORT; images go as encoded bytes.")] = None,
     output: Annotated[str, typer.Option("--output", "-o", help="Result file, or - for standard output.")] = "-",
     fmt: Annotated[str, typer.Option("--format", help="jsonl | csv.")] = "jsonl",
     threshold: Annotated[Optional[float], typer.Option(help="Raw image-score threshold overriding the bundle's.")] = None,
@@ -344,11 +405,19 @@ def infer(
 
     paths = expand_inputs(inputs, recursive)
     check_outputs(output, save_maps, paths)
-    predictor = Predictor.load(bundle, device=device, bank_device=bank_device, threshold=threshold)
+    if server is not None:
+        remote = _remote_model(server, bundle, threshold=threshold, save_maps=save_maps, device=device)
+    else:
+        predictor = Predictor.load(bundle, device=device, bank_device=bank_device, threshold=threshold)
     sink = sys.stdout if output == "-" else open(output, "w", newline="", encoding="utf-8")
     try:
-        summary = score_files(predictor, paths, sink, fmt=fmt, batch_size=batch_size, save_maps=save_maps,
-                              raw_maps=raw_maps, progress=_progress(quiet or output == "-"))
+        if server is not None:
+            from adx_runtime.infer import score_files_remote  # noqa: PLC0415
+
+            summary = score_files_remote(remote, paths, sink, fmt=fmt, progress=_progress(quiet or output == "-"))
+        else:
+            summary = score_files(predictor, paths, sink, fmt=fmt, batch_size=batch_size, save_maps=save_maps,
+                                  raw_maps=raw_maps, progress=_progress(quiet or output == "-"))
     finally:
         if sink is not sys.stdout:
             sink.close()
@@ -356,6 +425,24 @@ def infer(
         typer.echo(summary.format(), err=True)
     if summary.failed:
         raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _remote_model(server: str, bundle: Path, *, threshold: Optional[float], save_maps: Optional[Path],
+                  device: str) -> Any:
+    from adx_runtime.client import RemoteModel  # noqa: PLC0415
+
+    unsupported = [flag for flag, given in (("--threshold", threshold is not None), ("--save-maps", save_maps is not None),
+                                            ("--device", device != "cpu")) if given]
+    if unsupported:
+        raise ConfigError(f"{', '.join(unsupported)} act on local inference; with --server the server's bundle decides "
+                          "(serve a recalibrated bundle, or drop --server)")
+    name = str(bundle)
+    if (bundle / "manifest.json").is_file():
+        from adx_runtime.bundle import read_manifest  # noqa: PLC0415
+        from adx_runtime.triton_repo import model_name  # noqa: PLC0415
+
+        name = model_name(read_manifest(bundle))
+    return RemoteModel(server, name)
 
 
 # ----------------------------------------------------------------------------------------- eval

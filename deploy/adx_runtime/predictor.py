@@ -122,10 +122,13 @@ class Predictor:
         threshold: float | None = None,
         threads: int = 0,
         export_in_progress: bool = False,
+        graph: bool = True,
     ) -> "Predictor":
         """Verify and open a bundle.
 
         Args:
+            graph: open the ONNX graph too; ``False`` gives a scorer-only predictor
+                (:meth:`score_outputs`), as Triton's scorer model uses it while the graph runs elsewhere.
             device: ONNX Runtime provider: ``cpu``, ``cuda`` or ``tensorrt``; refused if unavailable.
             bank_device: where FAISS searches: ``cpu``, ``cuda`` or ``auto`` (``cuda`` when the graph
                 runs on a GPU and FAISS has GPU support, else ``cpu``).
@@ -142,10 +145,12 @@ class Predictor:
         if bank_device == "auto":
             bank_device = "cuda" if device != "cpu" and _faiss_has_gpu() else "cpu"
         try:
-            trt_options = _tensorrt_options(root, manifest) if device == "tensorrt" else None
-            graph_path = bundle_file(root, manifest, manifest["graph"]["file"], what="graph.file")
-            session = create_session(graph_path, device, threads=threads, trt_options=trt_options)
-            check_graph_signature(session, manifest, root)
+            session = None
+            if graph:
+                trt_options = _tensorrt_options(root, manifest) if device == "tensorrt" else None
+                graph_path = bundle_file(root, manifest, manifest["graph"]["file"], what="graph.file")
+                session = create_session(graph_path, device, threads=threads, trt_options=trt_options)
+                check_graph_signature(session, manifest, root)
             scorer = create_scorer(root, manifest, bank_device)
             return cls(root, manifest, session, scorer, threshold, device)
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
@@ -157,7 +162,7 @@ class Predictor:
     # ------------------------------------------------------------------ describe
     @property
     def providers(self) -> list[str]:
-        return list(self.session.get_providers())
+        return list(self.session.get_providers()) if self.session is not None else []
 
     @property
     def method(self) -> str:
@@ -199,38 +204,54 @@ class Predictor:
         expected = (self.preprocess.channels, *self.preprocess.input_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ConfigError(f"input must be (B, {', '.join(map(str, expected))}), got {x.shape}")
+        if self.session is None:
+            raise ConfigError("this predictor was opened without its graph (graph=False); it scores graph outputs "
+                              "only (score_outputs)")
         parts = [x[i : i + self.max_batch] for i in range(0, len(x), self.max_batch)] if self.max_batch else [x]
-        scores, maps = [], []
+        preds = []
         for part in parts:
             t0 = time.perf_counter()
             values = self.session.run(self.output_names, {self.input_name: part})
-            t1 = time.perf_counter()
-            out = self.scorer(dict(zip(self.output_names, values)))
-            t2 = time.perf_counter()
-            full = None
-            if self.postprocessor is not None:
-                if out.patch_maps is None:
-                    raise BundleError("the manifest promises a map but the scorer gave none; re-export the bundle")
-                with self._one_blas_thread():
-                    full = self.postprocessor(out.patch_maps)
-            if self.postprocess.image_score == "scorer":
-                if out.image_scores is None:
-                    raise BundleError("the manifest's image-score rule is 'scorer' but the scorer gave no image "
-                                      "scores; re-export the bundle")
-                image = out.image_scores
-            else:
-                image = image_scores_from_maps(full, self.postprocess)  # type: ignore[arg-type]
-            t3 = time.perf_counter()
-            self.timer.add("graph", t1 - t0)
-            self.timer.add("scoring", t2 - t1)
-            self.timer.add("postprocess", t3 - t2)
-            scores.append(np.asarray(image, np.float32))
-            if full is not None:
-                maps.append(full)
-        image_scores = np.concatenate(scores)
+            self.timer.add("graph", time.perf_counter() - t0)
+            preds.append(self.score_outputs(dict(zip(self.output_names, values))))
+        if len(preds) == 1:
+            return preds[0]
+        maps = [p.anomaly_maps for p in preds if p.anomaly_maps is not None]
+        image_scores = np.concatenate([p.image_scores for p in preds])
         return Prediction(
             image_scores=image_scores,
             anomaly_maps=np.concatenate(maps) if maps else None,
+            normalized_scores=np.concatenate([p.normalized_scores for p in preds]),
+            labels=np.concatenate([p.labels for p in preds]),
+            threshold=self.image_threshold,
+        )
+
+    def score_outputs(self, outputs: dict[str, np.ndarray]) -> Prediction:
+        """The graph's outputs (by name, batch ``B`` first) -> scorer -> post-processing -> scores and
+        labels: everything after the graph, shared by :meth:`predict_tensor` and Triton's scorer model."""
+        t1 = time.perf_counter()
+        out = self.scorer(outputs)
+        t2 = time.perf_counter()
+        full = None
+        if self.postprocessor is not None:
+            if out.patch_maps is None:
+                raise BundleError("the manifest promises a map but the scorer gave none; re-export the bundle")
+            with self._one_blas_thread():
+                full = self.postprocessor(out.patch_maps)
+        if self.postprocess.image_score == "scorer":
+            if out.image_scores is None:
+                raise BundleError("the manifest's image-score rule is 'scorer' but the scorer gave no image "
+                                  "scores; re-export the bundle")
+            image = out.image_scores
+        else:
+            image = image_scores_from_maps(full, self.postprocess)  # type: ignore[arg-type]
+        t3 = time.perf_counter()
+        self.timer.add("scoring", t2 - t1)
+        self.timer.add("postprocess", t3 - t2)
+        image_scores = np.asarray(image, np.float32)
+        return Prediction(
+            image_scores=image_scores,
+            anomaly_maps=full,
             normalized_scores=calibration.normalise(image_scores, self.image_threshold, self.image_scale),
             labels=image_scores >= self.image_threshold,
             threshold=self.image_threshold,

@@ -1,0 +1,160 @@
+"""Triton Python-backend models that run adx_runtime's own code (see :mod:`adx_runtime.triton_repo`).
+
+- :class:`DecodeModel`: encoded image bytes -> :func:`decode_image` + :func:`preprocess_image`;
+- :class:`GraphModel`: the ONNX graph through :func:`create_session` (``adx serve``, where the
+  server has no onnxruntime backend);
+- :class:`ScoreModel`: graph outputs -> :meth:`Predictor.score_outputs` (scorer, post-processing,
+  calibration) on a bundle loaded with checksum verification.
+
+Triton hands ``execute`` every request its dynamic batcher gathered: the models stack them into one
+batch, run it once and split the result back. A request that cannot be served (an image that does
+not decode) gets its own error response; the others in the batch are answered.
+
+``triton_python_backend_utils`` exists only inside Triton's Python-backend stub; it is imported in
+``initialize``, so this module imports anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adx_runtime.bundle import MANIFEST, load_manifest, sha256_file
+from adx_runtime.errors import AdxError, BundleError, ImageDecodeError
+
+
+class _Model:
+    kind = ""
+
+    def initialize(self, args: dict[str, Any]) -> None:
+        import triton_python_backend_utils as pb  # noqa: PLC0415 - provided by Triton's Python backend
+
+        self.pb = pb
+        self.config = json.loads(args["model_config"])
+        self.params = {k: v["string_value"] for k, v in self.config.get("parameters", {}).items()}
+        self.version_dir = Path(args["model_repository"]) / str(args["model_version"])
+        self.name = args["model_name"]
+
+    def _bundle(self) -> tuple[Path, dict[str, Any]]:
+        """The bundle this model serves, verified (schema, every file's sha256) and matched against the
+        manifest sha256 its config records: a model never scores with a bundle it did not check."""
+        rel = Path(self.params["adx_bundle_dir"])
+        root = rel if rel.is_absolute() else self.version_dir / rel
+        manifest = load_manifest(root, verify=True)
+        actual = sha256_file(root / MANIFEST)
+        expected = self.params["adx_manifest_sha256"]
+        if actual != expected:
+            raise BundleError(f"model {self.name}: bundle {str(root)!r} has manifest sha256 {actual[:16]}..., its "
+                              f"config.pbtxt records {expected[:16]}...; export the repository again")
+        return root, manifest
+
+    def _inputs(self, requests: list[Any], name: str) -> tuple[np.ndarray, list[int]]:
+        arrays = [self.pb.get_input_tensor_by_name(r, name).as_numpy() for r in requests]
+        return (arrays[0] if len(arrays) == 1 else np.concatenate(arrays)), [len(a) for a in arrays]
+
+    def _error(self, message: str) -> Any:
+        return self.pb.InferenceResponse(output_tensors=[], error=self.pb.TritonError(message))
+
+    def _responses(self, requests: list[Any], sizes: list[int], outputs: dict[str, np.ndarray]) -> list[Any]:
+        responses, start = [], 0
+        for request, n in zip(requests, sizes):
+            wanted = _requested(request, outputs)
+            tensors = [self.pb.Tensor(k, np.ascontiguousarray(v[start:start + n])) for k, v in outputs.items()
+                       if k in wanted]
+            responses.append(self.pb.InferenceResponse(output_tensors=tensors))
+            start += n
+        return responses
+
+    def finalize(self) -> None:
+        pass
+
+
+def _requested(request: Any, outputs: dict[str, np.ndarray]) -> set[str]:
+    try:
+        names = request.requested_output_names()
+    except AttributeError:  # older Python backends
+        names = None
+    return set(names) if names else set(outputs)
+
+
+class DecodeModel(_Model):
+    """``image_bytes`` (BYTES, ``(B, 1)``) -> the graph's input ``(B, C, H, W)`` float32."""
+
+    def initialize(self, args: dict[str, Any]) -> None:
+        super().initialize(args)
+        from adx_runtime.preprocess import PreprocessConfig  # noqa: PLC0415
+
+        self.preprocess = PreprocessConfig.from_dict(json.loads(self.params["adx_input_contract"]))
+        self.output = self.config["output"][0]["name"]
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        from adx_runtime.images import decode_image  # noqa: PLC0415
+        from adx_runtime.preprocess import preprocess_image  # noqa: PLC0415
+
+        responses = []
+        for request in requests:
+            items = self.pb.get_input_tensor_by_name(request, "image_bytes").as_numpy().reshape(-1)
+            try:
+                tensors = []
+                for i, item in enumerate(items):
+                    data = item if isinstance(item, bytes) else bytes(item)
+                    try:
+                        tensors.append(preprocess_image(decode_image(data), self.preprocess))
+                    except ImageDecodeError as exc:
+                        raise ImageDecodeError(f"image {i} of the request", exc.reason) from None
+                batch = np.stack(tensors).astype(np.float32, copy=False)
+            except AdxError as exc:
+                responses.append(self._error(str(exc)))
+                continue
+            responses.append(self.pb.InferenceResponse(output_tensors=[self.pb.Tensor(self.output, batch)]))
+        return responses
+
+
+class GraphModel(_Model):
+    """The bundle's ONNX graph with ONNX Runtime's CPU provider, the batch of all queued requests at once."""
+
+    def initialize(self, args: dict[str, Any]) -> None:
+        super().initialize(args)
+        from adx_runtime.sessions import create_session  # noqa: PLC0415
+
+        root, manifest = self._bundle()
+        graph = manifest["graph"]
+        self.input_name = graph["inputs"][0]["name"]
+        self.output_names = [o["name"] for o in graph["outputs"]]
+        self.session = create_session(root / graph["file"], "cpu", threads=int(self.params.get("adx_threads", "0")))
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        x, sizes = self._inputs(requests, self.input_name)
+        values = self.session.run(self.output_names, {self.input_name: x})
+        return self._responses(requests, sizes, dict(zip(self.output_names, values)))
+
+
+class ScoreModel(_Model):
+    """Graph outputs -> ``image_score``, ``normalized_score``, ``label`` ``(B, 1)`` and ``anomaly_map``
+    ``(B, H, W)`` (methods with maps), by :meth:`Predictor.score_outputs`."""
+
+    def initialize(self, args: dict[str, Any]) -> None:
+        super().initialize(args)
+        from adx_runtime.predictor import Predictor  # noqa: PLC0415
+
+        root, _ = self._bundle()
+        self.predictor = Predictor.load(root, graph=False, bank_device="cpu")
+        self.input_names = [t["name"] for t in self.config["input"]]
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        sizes: list[int] = []
+        outputs = {}
+        for name in self.input_names:
+            outputs[name], sizes = self._inputs(requests, name)
+        try:
+            pred = self.predictor.score_outputs(outputs)
+        except AdxError as exc:
+            return [self._error(f"model {self.name}: {exc}") for _ in requests]
+        result = {"image_score": pred.image_scores.reshape(-1, 1), "normalized_score":
+                  pred.normalized_scores.astype(np.float32).reshape(-1, 1), "label": pred.labels.reshape(-1, 1)}
+        if pred.anomaly_maps is not None:
+            result["anomaly_map"] = pred.anomaly_maps.astype(np.float32, copy=False)
+        return self._responses(requests, sizes, result)

@@ -1,0 +1,374 @@
+"""A Triton Inference Server model repository from a bundle (``adx export --format triton``).
+
+For a bundle whose manifest names it ``N`` (``METHOD_CATEGORY``), five models, each versioned:
+
+| model | backend | what it does |
+| --- | --- | --- |
+| ``N_graph`` | ``onnxruntime`` (the bundle's ``model.onnx``) | the ONNX graph; ``adx serve`` puts it on the Python backend |
+| ``N_score`` | ``python`` | the runtime's own scorer and post-processing on the bundle's scoring data |
+| ``N_decode`` | ``python`` | encoded image bytes -> the runtime's decoder and preprocessing -> the graph's input |
+| ``N`` | ensemble | preprocessed float input -> ``N_graph`` -> ``N_score`` |
+| ``N_image`` | ensemble | encoded image bytes -> ``N_decode`` -> ``N_graph`` -> ``N_score`` |
+
+Every model has ``max_batch_size`` and dynamic batching; its ``parameters`` carry the manifest's
+sha256. The Python-backend models import :mod:`adx_runtime.triton_models`: the scorer is the
+runtime's, not a second implementation, and it loads its bundle copy with checksum verification.
+A new export of the same model (same name, another manifest) becomes the next version folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from adx_runtime.bundle import MANIFEST, atomic_dir, load_manifest, sha256_file
+from adx_runtime.errors import BundleError, ConfigError
+from adx_runtime.postprocess import PostprocessSpec
+from adx_runtime.preprocess import PreprocessConfig
+
+#: Output tensors of the scorer model and of both ensembles; ``anomaly_map`` only for methods with maps.
+OUTPUTS = ("image_score", "normalized_score", "label", "anomaly_map")
+IMAGE_BYTES = "image_bytes"
+GRAPH_BACKENDS = ("onnxruntime", "python")
+#: Versions this exporter and ``adx serve`` were run with (README of the generated repository).
+TESTED = {
+    "tritonserver": "2.51.0, the build in nvidia-pytriton 0.7.0 (Python backend only): the scorer and decoder "
+                    "models of this repository loaded and served; ensembles served by `adx serve`",
+    "tritonclient": "2.73.0: every config.pbtxt parsed with its model_config.proto (ModelConfig)",
+    "onnxruntime": "1.32.0, in the Python backend (`adx serve`) and in-process",
+    "not run here": "the official container and its onnxruntime backend (no container runtime on the test "
+                    "machine); 24.10 is the container of Triton 2.51",
+}
+
+_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
+
+
+def model_name(manifest: dict[str, Any]) -> str:
+    """``METHOD_CATEGORY`` from the manifest, in the characters Triton accepts in a model name."""
+    category = (manifest.get("training") or {}).get("category")
+    raw = f"{manifest['method']}_{category}" if category else str(manifest["method"])
+    return re.sub(r"[^A-Za-z0-9_-]", "_", raw)
+
+
+@dataclass
+class RepositoryEntry:
+    """What one bundle became in the repository."""
+
+    name: str  # the float-input ensemble; the bytes one is NAME_image
+    version: int
+    models: list[str]
+    manifest_sha256: str
+    reused: bool = False  # the latest version already held this very manifest
+    notes: list[str] = field(default_factory=list)
+
+    def format(self, root: Path) -> str:
+        state = "already there as" if self.reused else "wrote"
+        return (f"{state} {self.name} version {self.version} in {root}: models {', '.join(self.models)} "
+                f"(manifest sha256 {self.manifest_sha256[:12]}...)")
+
+
+def _dims(shape: list[Any]) -> list[int]:
+    """Manifest shape with its batch axis first -> Triton dims without it (-1 for a named axis)."""
+    return [int(d) if isinstance(d, int) else -1 for d in shape[1:]]
+
+
+def _tensor(name: str, dtype: str, dims: list[int]) -> str:
+    return f'  {{ name: "{name}" data_type: {dtype} dims: [ {", ".join(str(d) for d in dims)} ] }}'
+
+
+def _params(params: dict[str, str]) -> str:
+    items = ",\n".join(f'  {{ key: "{k}" value: {{ string_value: {json.dumps(v)} }} }}' for k, v in params.items())
+    return f"parameters [\n{items}\n]"
+
+
+def _block(kind: str, tensors: list[str]) -> str:
+    return f"{kind} [\n" + ",\n".join(tensors) + "\n]"
+
+
+def _batching(max_batch: int, delay_us: int, instances: int) -> str:
+    text = f"max_batch_size: {max_batch}\n"
+    if max_batch > 1:
+        text += f"dynamic_batching {{ max_queue_delay_microseconds: {delay_us} }}\n"
+    return text + f"instance_group [ {{ count: {instances} kind: KIND_CPU }} ]"
+
+
+def _graph_tensors(manifest: dict[str, Any]) -> tuple[list[tuple[str, str, list[int]]], list[tuple[str, str, list[int]]]]:
+    graph = manifest["graph"]
+
+    def one(t: dict[str, Any]) -> tuple[str, str, list[int]]:
+        dtype = _DTYPES.get(str(t.get("dtype", "float32")))
+        if dtype is None:
+            raise BundleError(f"graph tensor {t['name']!r} has dtype {t.get('dtype')!r}, which this exporter does "
+                              f"not map to Triton; known: {', '.join(_DTYPES)}")
+        return str(t["name"]), dtype, _dims(list(t["shape"]))
+
+    return [one(t) for t in graph["inputs"]], [one(t) for t in graph["outputs"]]
+
+
+def score_outputs(manifest: dict[str, Any]) -> list[tuple[str, str, list[int]]]:
+    pre = PreprocessConfig.from_dict(manifest["input"])
+    outs = [("image_score", "TYPE_FP32", [1]), ("normalized_score", "TYPE_FP32", [1]), ("label", "TYPE_BOOL", [1])]
+    if PostprocessSpec.from_dict(manifest["postprocess"]).has_map:
+        outs.append(("anomaly_map", "TYPE_FP32", list(pre.input_size)))
+    return outs
+
+
+def model_configs(manifest: dict[str, Any], name: str, *, manifest_sha256: str, bundle_dir: str,
+                  graph_backend: str = "onnxruntime", max_batch: int = 16, delay_us: int = 0,
+                  instances: int = 1, threads: int = 0) -> dict[str, str]:
+    """``{model name: config.pbtxt text}`` for the five models of one bundle.
+
+    ``bundle_dir``: where the Python-backend models find the bundle, relative to their version folder
+    (``bundle``, a copy) or absolute (``adx serve`` points at the bundle as given).
+    """
+    if graph_backend not in GRAPH_BACKENDS:
+        raise ConfigError(f"graph backend {graph_backend!r} is not known; valid: {', '.join(GRAPH_BACKENDS)}")
+    if max_batch < 1 or delay_us < 0 or instances < 1:
+        raise ConfigError(f"max batch must be >= 1, queue delay >= 0 us and instances >= 1; got {max_batch}, "
+                          f"{delay_us}, {instances}")
+    inputs, outputs = _graph_tensors(manifest)
+    if len(inputs) != 1:
+        raise BundleError(f"the graph has {len(inputs)} inputs; the Triton export handles graphs with one image input")
+    (in_name, in_type, in_dims), scored = inputs[0], score_outputs(manifest)
+    common = {"adx_manifest_sha256": manifest_sha256, "adx_method": str(manifest["method"]),
+              "adx_adexport_version": str(manifest.get("adexport_version", "?"))}
+    batching = _batching(max_batch, delay_us, instances)
+    graph_io = (_block("input", [_tensor(in_name, in_type, in_dims)]) + "\n"
+                + _block("output", [_tensor(n, t, d) for n, t, d in outputs]))
+    if graph_backend == "onnxruntime":
+        graph_head = f'name: "{name}_graph"\nplatform: "onnxruntime_onnx"\nbackend: "onnxruntime"'
+        graph_params = {**common, "adx_graph_sha256": _graph_sha(manifest)}
+    else:
+        graph_head = f'name: "{name}_graph"\nbackend: "python"'
+        graph_params = {**common, "adx_model": "graph", "adx_bundle_dir": bundle_dir, "adx_threads": str(threads)}
+    configs = {
+        f"{name}_graph": f"{graph_head}\n{batching}\n{graph_io}\n{_params(graph_params)}\n",
+        f"{name}_score": (
+            f'name: "{name}_score"\nbackend: "python"\n{batching}\n'
+            + _block("input", [_tensor(n, t, d) for n, t, d in outputs]) + "\n"
+            + _block("output", [_tensor(n, t, d) for n, t, d in scored]) + "\n"
+            + _params({**common, "adx_model": "score", "adx_bundle_dir": bundle_dir}) + "\n"),
+        f"{name}_decode": (
+            f'name: "{name}_decode"\nbackend: "python"\n{batching}\n'
+            + _block("input", [_tensor(IMAGE_BYTES, "TYPE_STRING", [1])]) + "\n"
+            + _block("output", [_tensor(in_name, in_type, in_dims)]) + "\n"
+            + _params({**common, "adx_model": "decode", "adx_input_contract": json.dumps(manifest["input"], sort_keys=True)}) + "\n"),
+    }
+    graph_out = [n for n, _, _ in outputs]
+    score_step = _step(f"{name}_score", {n: n for n in graph_out}, {n: n for n, _, _ in scored})
+    graph_step = _step(f"{name}_graph", {in_name: in_name}, {n: n for n in graph_out})
+    out_block = _block("output", [_tensor(n, t, d) for n, t, d in scored])
+    ens_params = _params({**common, "adx_entry": "float"})
+    configs[name] = (
+        f'name: "{name}"\nplatform: "ensemble"\nmax_batch_size: {max_batch}\n'
+        + _block("input", [_tensor(in_name, in_type, in_dims)]) + f"\n{out_block}\n"
+        + f"ensemble_scheduling {{\n  step [\n{graph_step},\n{score_step}\n  ]\n}}\n{ens_params}\n")
+    decode_step = _step(f"{name}_decode", {IMAGE_BYTES: IMAGE_BYTES}, {in_name: in_name})
+    configs[f"{name}_image"] = (
+        f'name: "{name}_image"\nplatform: "ensemble"\nmax_batch_size: {max_batch}\n'
+        + _block("input", [_tensor(IMAGE_BYTES, "TYPE_STRING", [1])]) + f"\n{out_block}\n"
+        + f"ensemble_scheduling {{\n  step [\n{decode_step},\n{graph_step},\n{score_step}\n  ]\n}}\n"
+        + _params({**common, "adx_entry": "encoded image bytes"}) + "\n")
+    return configs
+
+
+def _step(model: str, inputs: dict[str, str], outputs: dict[str, str]) -> str:
+    imap = " ".join(f'input_map {{ key: "{k}" value: "{v}" }}' for k, v in inputs.items())
+    omap = " ".join(f'output_map {{ key: "{k}" value: "{v}" }}' for k, v in outputs.items())
+    return f'    {{ model_name: "{model}" model_version: -1 {imap} {omap} }}'
+
+
+def _graph_sha(manifest: dict[str, Any]) -> str:
+    graph_file = manifest["graph"]["file"]
+    for entry in manifest["files"]:
+        if entry["path"] == graph_file:
+            return str(entry["sha256"])
+    raise BundleError(f"the manifest does not list its graph file {graph_file!r}; re-export the bundle")
+
+
+MODEL_PY = '''"""Generated by adexport: Triton Python-backend model ({kind}) of bundle {name}.
+
+It runs adx_runtime's own code (pip install 'adexport[cpu]' into the Python backend's environment).
+"""
+from adx_runtime.triton_models import {cls} as TritonPythonModel  # noqa: F401
+'''
+_CLASSES = {"graph": "GraphModel", "score": "ScoreModel", "decode": "DecodeModel"}
+
+
+def _versions(model_dir: Path) -> list[int]:
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_repository(bundle: str | Path, out: str | Path, *, name: str | None = None, graph_backend: str = "onnxruntime",
+                     copy_bundle: bool = True, max_batch: int = 16, delay_us: int = 0, instances: int = 1,
+                     threads: int = 0) -> RepositoryEntry:
+    """Add ``bundle`` to the Triton model repository ``out`` (created if missing) as the next version.
+
+    The bundle is verified first (checksums, schema). With ``copy_bundle`` the Python-backend models
+    get a copy of the bundle in their version folder (a repository that travels); without it they
+    point at ``bundle`` itself (``adx serve`` on this machine).
+    """
+    src = Path(bundle)
+    manifest = load_manifest(src, verify=True)
+    sha = sha256_file(src / MANIFEST)
+    name = name or model_name(manifest)
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        raise ConfigError(f"model name {name!r} may hold only letters, digits, '_' and '-'")
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    models = [name, f"{name}_image", f"{name}_graph", f"{name}_score", f"{name}_decode"]
+    existing = _versions(root / name)
+    if existing and _recorded_sha(root / name) == sha:
+        return RepositoryEntry(name, existing[-1], models, sha, reused=True)
+    version = (max(v for m in models for v in _versions(root / m) or [0])) + 1
+    bundle_dir = "bundle" if copy_bundle else str(src.resolve())
+    configs = model_configs(manifest, name, manifest_sha256=sha, bundle_dir=bundle_dir, graph_backend=graph_backend,
+                            max_batch=max_batch, delay_us=delay_us, instances=instances, threads=threads)
+    for model, config in configs.items():
+        model_dir = root / model
+        model_dir.mkdir(exist_ok=True)
+        with atomic_dir(model_dir / str(version)) as vdir:
+            kind = model.rsplit("_", 1)[-1] if model != name and model != f"{name}_image" else None
+            if kind == "graph" and graph_backend == "onnxruntime":
+                shutil.copy2(src / manifest["graph"]["file"], vdir / "model.onnx")
+            elif kind in _CLASSES:
+                (vdir / "model.py").write_text(MODEL_PY.format(kind=kind, name=name, cls=_CLASSES[kind]),
+                                               encoding="utf-8")
+                if copy_bundle and kind in ("score", "graph"):
+                    _copy_bundle(src, manifest, vdir / "bundle")
+        _write_text_atomic(model_dir / "config.pbtxt", config)
+    write_readme(root)
+    return RepositoryEntry(name, version, models, sha)
+
+
+def _copy_bundle(src: Path, manifest: dict[str, Any], dst: Path) -> None:
+    """The bundle's manifest and every file it lists (the model verifies them all before it loads);
+    hard links where the file system allows."""
+    dst.mkdir(parents=True)
+    shutil.copy2(src / MANIFEST, dst / MANIFEST)
+    for entry in manifest["files"]:
+        target = dst / entry["path"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src / entry["path"], target)
+        except OSError:
+            shutil.copy2(src / entry["path"], target)
+
+
+def _recorded_sha(model_dir: Path) -> str | None:
+    config = model_dir / "config.pbtxt"
+    if not config.is_file():
+        return None
+    m = re.search(r'key: "adx_manifest_sha256" value: \{ string_value: "([0-9a-f]{64})" \}', config.read_text("utf-8"))
+    return m.group(1) if m else None
+
+
+def write_readme(root: Path) -> None:
+    names = sorted(p.name for p in root.iterdir() if (p / "config.pbtxt").is_file()
+                   and 'platform: "ensemble"' in (p / "config.pbtxt").read_text("utf-8") and not p.name.endswith("_image"))
+    _write_text_atomic(root / "README.md", README.format(
+        models="\n".join(f"- `{n}` (float input) and `{n}_image` (encoded image bytes); parts `{n}_graph`, "
+                         f"`{n}_score`, `{n}_decode`" for n in names) or "- (none)",
+        first=names[0] if names else "NAME", first_k8s=(names[0] if names else "name").lower().replace("_", "-"),
+        tested="\n".join(f"- {k}: {v}" for k, v in TESTED.items())))
+
+
+README = """# Triton model repository (generated by adexport)
+
+Written by `adx export BUNDLE --format triton --out THIS_FOLDER`; each new export of a model is a new
+version folder, and every `config.pbtxt` records the bundle manifest's sha256 (`adx_manifest_sha256`).
+
+{models}
+
+## Contract
+
+- `NAME` takes the preprocessed tensor the bundle's manifest describes (`input`: resize, crop, mean/std,
+  colour; NCHW float32), batch first, and returns `image_score` (raw), `normalized_score` (threshold at
+  0.5), `label` (true = anomalous) and, for methods with maps, `anomaly_map` (raw, at the model's input size).
+  Request only the outputs you need: a client that leaves out `anomaly_map` does not receive it.
+- `NAME_image` takes `image_bytes` (BYTES, one encoded PNG/JPEG/BMP/TIFF per batch row), decoded and
+  preprocessed on the server by adx_runtime's own decoder, so a thin client needs only `tritonclient`.
+  A file that cannot be decoded fails its request with the reason; other requests are not affected.
+- `NAME_graph` runs the ONNX graph on Triton's `onnxruntime` backend; `NAME_score` and `NAME_decode` run on
+  the Python backend with adx_runtime's scorer and decoder. `NAME_score` verifies the bundle copy in its
+  version folder (sha256 of every file, and the manifest's against its config) before it loads;
+  `NAME_decode` reads the input contract from its config.
+
+## Run it with the official Triton container
+
+The Python-backend models import `adx_runtime`, so the container's Python needs adexport's runtime:
+
+```dockerfile
+FROM nvcr.io/nvidia/tritonserver:24.10-py3
+RUN pip install --no-cache-dir 'adexport[cpu]'
+```
+
+```sh
+docker build -t adx-triton .
+docker run --rm -p 8000:8000 -p 8001:8001 -p 8002:8002 --shm-size=1g \\
+  -v "$PWD":/models adx-triton tritonserver --model-repository=/models
+curl -s localhost:8000/v2/models/{first}/ready -o /dev/null -w '%{{http_code}}\\n'   # 200 once loaded
+```
+
+## Kubernetes: one Deployment per model, scaled horizontally
+
+```yaml
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{ name: {first_k8s} }}
+spec:
+  replicas: 2
+  selector: {{ matchLabels: {{ app: {first_k8s} }} }}
+  template:
+    metadata: {{ labels: {{ app: {first_k8s} }} }}
+    spec:
+      containers:
+        - name: triton
+          image: adx-triton            # the image above, pushed to your registry
+          args: ["tritonserver", "--model-repository=/models", "--model-control-mode=explicit",
+                 "--load-model={first}", "--load-model={first}_image"]
+          ports: [{{ containerPort: 8000 }}, {{ containerPort: 8001 }}, {{ containerPort: 8002 }}]
+          readinessProbe: {{ httpGet: {{ path: /v2/health/ready, port: 8000 }} }}
+          livenessProbe: {{ httpGet: {{ path: /v2/health/live, port: 8000 }} }}
+          resources: {{ requests: {{ cpu: "2", memory: 2Gi }} }}
+          volumeMounts: [{{ name: models, mountPath: /models }}, {{ name: shm, mountPath: /dev/shm }}]
+      volumes:
+        - {{ name: models, persistentVolumeClaim: {{ claimName: adx-models }} }}
+        - {{ name: shm, emptyDir: {{ medium: Memory, sizeLimit: 1Gi }} }}
+---
+apiVersion: v1
+kind: Service
+metadata: {{ name: {first_k8s} }}
+spec: {{ selector: {{ app: {first_k8s} }}, ports: [{{ name: http, port: 8000 }}, {{ name: grpc, port: 8001 }}] }}
+---
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {{ name: {first_k8s} }}
+spec:
+  scaleTargetRef: {{ apiVersion: apps/v1, kind: Deployment, name: {first_k8s} }}
+  minReplicas: 1
+  maxReplicas: 8
+  metrics: [{{ type: Resource, resource: {{ name: cpu, target: {{ type: Utilization, averageUtilization: 70 }} }} }}]
+```
+
+Loading only one model per Deployment (`--model-control-mode=explicit`) lets each model scale on its own.
+
+## Tested with
+
+{tested}
+"""
