@@ -58,9 +58,9 @@ def test_one_gaussian_scores_every_position_of_a_grid(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     samples = rng.standard_normal((200, 6))
     mean, chol, _ = ledoit_wolf_gaussian(samples)
-    section, _ = write_gaussian(tmp_path, mean, chol)
+    section, entry = write_gaussian(tmp_path, mean, chol)
     manifest = {"scoring": {"kind": "gaussian", "embedding_output": "e", "gaussian": section},
-                "postprocess": {"patch_grid": [3, 4]}}
+                "postprocess": {"patch_grid": [3, 4]}, "files": [entry]}  # scorers open listed files only
     scorer = GaussianScorer(tmp_path, manifest, "cpu")
     emb = rng.standard_normal((2, 12, 6)).astype(np.float32)
     out = scorer({"e": emb})
