@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import platform
+import tempfile
 import time
 import warnings
 from datetime import datetime, timezone
@@ -21,10 +22,13 @@ import numpy as np
 import torch
 
 from adexport.fitted import load_fitted
-from adexport.methods.base import EXPORT_OPTIONS, TOLERANCE_EXACT, TOLERANCE_FP16, FittedMethod, config_to_dict
+from adexport.methods.base import (EXPORT_OPTIONS, TOLERANCE_EXACT, TOLERANCE_FP16, TOLERANCE_INT8, FittedMethod,
+                                   config_to_dict)
+from adexport.quantize import DEFAULT_CALIBRATION_IMAGES, QUANTIZE, calibration_subset, quantize_int8
 from adx_runtime import __version__
+from adx_runtime.datasets import load_split
 from adx_runtime.bundle import BUNDLE_FORMAT, MANIFEST, SCHEMA_VERSION, atomic_dir, file_entry, write_json_atomic
-from adx_runtime.errors import ConfigError, ExportError, ProviderError
+from adx_runtime.errors import AdxError, ConfigError, ExportError, ProviderError
 from adx_runtime.predictor import Predictor, tensorrt_provider_options
 from adx_runtime.preprocess import load_image, stack
 from adx_runtime.progress import SILENT, Progress
@@ -156,6 +160,11 @@ def export_bundle(
     tolerance: dict[str, float] | None = None,
     max_batch: int = 16,
     fp16: bool = False,
+    quantize: str | None = None,
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+    search_params: dict[str, float] | None = None,
+    shards: int | None = None,
+    accept_approximate: bool | None = None,
     overwrite: bool = False,
     progress: Progress = SILENT,
 ) -> dict[str, Any]:
@@ -170,13 +179,25 @@ def export_bundle(
             with a memory bank only.
         tolerance: parity tolerances overriding the method's declared ones.
         max_batch: largest batch the TensorRT engine's shape profile accepts.
+        quantize: ``int8``: a statically quantized graph (QDQ, per-channel weights) calibrated on
+            ``calibration_images`` training images; refused by methods that declare int8 unsafe.
+        search_params: FAISS search parameters of an approximate index (``nprobe``, ``efSearch``),
+            recorded in the manifest as the defaults the runtime uses.
+        shards: split the bank into this many FAISS index files searched as one (``IndexShards``).
+        accept_approximate: write the bundle even when the approximate index misses its recall or
+            distance tolerance against exact search (measured at export on held-out patches).
     """
     if fmt not in FORMATS:
         raise ConfigError(f"export format {fmt!r} is not known; valid: {', '.join(FORMATS)}")
     if fp16 and fmt != "tensorrt":
         raise ConfigError("--fp16 applies to TensorRT engines; the ONNX graph is exported in float32")
+    if quantize is not None and quantize not in QUANTIZE:
+        raise ConfigError(f"--quantize {quantize!r} is not known; valid: {', '.join(QUANTIZE)} (or leave it out for float32)")
+    if calibration_images < 1:
+        raise ConfigError(f"--calibration-images must be >= 1, got {calibration_images}")
     fitted = model if isinstance(model, FittedMethod) else load_fitted(model)
-    options = {k: v for k, v in (("bank", bank), ("index_type", index_type)) if v is not None}
+    options = {k: v for k, v in (("bank", bank), ("index_type", index_type), ("search_params", search_params or None),
+                                 ("shards", shards), ("accept_approximate", accept_approximate)) if v is not None}
     props = fitted.export_properties(**options)
     refused = sorted(set(options) - props.options)
     if refused:
@@ -185,6 +206,8 @@ def export_bundle(
                           "which has no memory bank index); drop the option")
     if fp16 and not props.fp16:
         raise ConfigError(f"{fitted.name} refuses float16 TensorRT engines: {props.fp16_reason}")
+    if quantize == "int8" and not props.int8:
+        raise ConfigError(f"{fitted.name} refuses --quantize int8: {props.int8_reason}")
     if fmt == "tensorrt" and "tensorrt" not in available_devices():
         raise ProviderError(
             "--format tensorrt builds a TensorRT engine for this machine's GPU through ONNX Runtime's "
@@ -199,10 +222,21 @@ def export_bundle(
         with progress.task("Exporting ONNX graph", None):
             graph = export_onnx(fitted, tmp / GRAPH_FILE, opset)
         graph["max_batch"] = max_batch if fmt == "tensorrt" else None
+        quantization = None
+        tq = time.perf_counter()
+        if quantize == "int8":
+            calib = calibration_subset(_training_images(fitted), calibration_images)
+            with progress.task(f"Quantizing the graph to int8 (calibration on {len(calib)} training images)", None), \
+                    tempfile.TemporaryDirectory(prefix="adx-export-") as scratch:
+                float_graph = Path(scratch) / "float32.onnx"
+                (tmp / GRAPH_FILE).replace(float_graph)
+                quantization = quantize_int8(float_graph, tmp / GRAPH_FILE, calib, fitted.preprocess, INPUT_NAME)
+            graph["precision"] = "int8"
+            seconds["quantization"] = time.perf_counter() - tq
         t1 = time.perf_counter()
         with progress.task("Writing scoring data", None):
             scoring, files = fitted.write_scoring_data(tmp, **options)
-        seconds.update(onnx_export=t1 - t0, scoring_data=time.perf_counter() - t1)
+        seconds.update(onnx_export=tq - t0, scoring_data=time.perf_counter() - t1)
         manifest: dict[str, Any] = {
             "format": BUNDLE_FORMAT,
             "schema_version": SCHEMA_VERSION,
@@ -211,7 +245,8 @@ def export_bundle(
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "input": fitted.preprocess.to_dict(),
             "graph": graph,
-            "files": [file_entry(tmp, GRAPH_FILE, "onnx-graph", opset=opset), *files],
+            "files": [file_entry(tmp, GRAPH_FILE, "onnx-graph", opset=opset, **({"precision": "int8"} if quantization else {})),
+                      *files],
             "scoring": {"kind": fitted.scoring_kind, **scoring},
             "postprocess": fitted.postprocess().to_dict(),
             "calibration": fitted.calibration,
@@ -220,16 +255,24 @@ def export_bundle(
             "training": {**fitted.dataset, "fit_seconds": fitted.report.phases, "sizes": fitted.report.sizes},
             "provenance": _versions(),
         }
+        if quantization is not None:
+            manifest["quantization"] = quantization
         write_json_atomic(tmp / MANIFEST, manifest)
         if tolerance is None:
             tolerance = props.tolerance
+            if quantization is not None:  # the looser of the two per quantity: both errors add up
+                tolerance = {k: max(v, TOLERANCE_INT8.get(k, v)) for k, v in tolerance.items()}
         t2 = time.perf_counter()
         with progress.task(f"Parity check on {len(images)} images (torch vs ONNX Runtime)", None):
             parity = parity_check(fitted, tmp, images, device="cpu", tolerance=tolerance)
         seconds["parity_check"] = time.perf_counter() - t2
         manifest["parity"] = parity
         manifest["export_seconds"] = seconds
-        _refuse_if_failed(parity, "ONNX Runtime (cpu)")
+        if quantization is not None:
+            quantization["measured_error"] = {k: e["max_rel"] for k, e in parity["errors"].items()}
+            quantization["tolerance"] = dict(tolerance)
+            quantization["measure"] = "max |torch float32 - int8 runtime| / max |torch| over the parity images"
+        _refuse_if_failed(parity, "ONNX Runtime (cpu)" + (", int8 graph" if quantization else ""))
         if fmt == "tensorrt":
             manifest["tensorrt"], engine_files = _build_tensorrt(tmp, manifest, max_batch, fp16)
             manifest["files"] += engine_files
@@ -242,6 +285,17 @@ def export_bundle(
     return manifest
 
 
+def _training_images(fitted: FittedMethod) -> list[Path]:
+    """The training images (``train/good``) recorded at fit time, for int8 calibration."""
+    root, category = fitted.dataset.get("root"), fitted.dataset.get("category")
+    try:
+        split = load_split(root, category, need_test=False)
+    except AdxError as exc:  # the dataset moved or changed: say what was looked for
+        raise ExportError(f"int8 calibration needs the training images of {root!r} (category {category!r}), "
+                          f"which could not be read ({exc}); restore the dataset there or export without --quantize") from None
+    return [s.path for s in split.train]
+
+
 def _refuse_if_failed(parity: dict[str, Any], where: str) -> None:
     if parity["passed"]:
         return
@@ -249,7 +303,8 @@ def _refuse_if_failed(parity: dict[str, Any], where: str) -> None:
     raise ExportError(
         f"parity check failed on {where}: the exported bundle scores differently from the trained model "
         f"(relative max error over {parity['n_images']} images):\n" + "\n".join(lines)
-        + "\nNo bundle was written. An approximate FAISS index or fp16 needs a looser --parity-tolerance."
+        + "\nNo bundle was written. An approximate FAISS index, an int8 graph or fp16 needs a looser "
+        "--parity-tolerance (or more --calibration-images for int8)."
     )
 
 

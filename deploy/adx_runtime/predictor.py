@@ -119,6 +119,7 @@ class Predictor:
         bank_device: str = "auto",
         threshold: float | None = None,
         threads: int = 0,
+        search_params: dict[str, float] | None = None,
     ) -> "Predictor":
         """Verify and open a bundle.
 
@@ -127,6 +128,8 @@ class Predictor:
             bank_device: where FAISS searches: ``cpu``, ``cuda`` or ``auto`` (``cuda`` when the graph
                 runs on a GPU and FAISS has GPU support, else ``cpu``).
             threshold: raw image threshold overriding the calibrated one.
+            search_params: FAISS search parameters (``nprobe``, ``efSearch``) overriding the
+                manifest's, for bundles with an approximate index.
         """
         root = Path(bundle)
         require_provider(device)
@@ -135,7 +138,7 @@ class Predictor:
             bank_device = "cuda" if device != "cpu" and _faiss_has_gpu() else "cpu"
         trt_options = _tensorrt_options(root, manifest) if device == "tensorrt" else None
         session = create_session(root / manifest["graph"]["file"], device, threads=threads, trt_options=trt_options)
-        scorer = create_scorer(root, manifest, bank_device)
+        scorer = create_scorer(root, manifest, bank_device, search_params)
         return cls(root, manifest, session, scorer, threshold, device)
 
     # ------------------------------------------------------------------ describe
