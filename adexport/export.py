@@ -45,8 +45,8 @@ FORMATS = ("onnx", "tensorrt")
 
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "platform": platform.platform()}
-    for dist in ("torch", "timm", "onnx", "onnxruntime", "onnxruntime-gpu", "faiss-cpu", "faiss-gpu-cu12",
-                 "numpy", "pillow", "tensorrt-cu12"):
+    for dist in ("torch", "timm", "onnx", "onnxruntime", "onnxruntime-gpu", "faiss-cpu", "faiss-gpu-cuvs",
+                 "faiss-gpu-cu12", "numpy", "pillow", "tensorrt-cu13", "tensorrt-cu12"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[dist] = metadata.version(dist)
     return out
@@ -212,7 +212,7 @@ def export_bundle(
         raise ProviderError(
             "--format tensorrt builds a TensorRT engine for this machine's GPU through ONNX Runtime's "
             f"TensorrtExecutionProvider, which is not available here (available: {', '.join(available_devices())}). "
-            "Run this on the target NVIDIA box with pip install 'adexport[gpu]', or export --format onnx here "
+            "Run this on the target NVIDIA box with pip install 'adexport[gpu,tensorrt]', or export --format onnx here "
             "and build the engine there."
         )
     images = _parity_images(fitted, parity_images)
@@ -342,10 +342,11 @@ def _build_tensorrt(bundle_dir: Path, manifest: dict[str, Any], max_batch: int, 
 
 
 def _trt_version() -> str:
-    for dist in ("tensorrt-cu12", "tensorrt", "tensorrt-libs"):
+    for dist in ("tensorrt-cu13", "tensorrt-cu12", "tensorrt", "tensorrt-libs"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             return metadata.version(dist)
-    raise ProviderError("TensorRT is not installed; pip install 'adexport[gpu]'")
+    raise ProviderError("TensorRT is not installed; pip install 'adexport[gpu,tensorrt]' with NVIDIA's own package "
+                        "index added (TensorRT's libraries are not on the public index)")
 
 
 def _compute_capability() -> str:
@@ -365,6 +366,20 @@ def format_export_summary(manifest: dict[str, Any], out: str | Path) -> str:
              + ("anomaly maps" if manifest["postprocess"]["map"] else "image scores only (no anomaly map)"),
              f"parity on {p['n_images']} images, max relative error torch vs runtime: "
              + ", ".join(f"{k} {v['max_rel']:.2e} (tol {p['tolerance'][k]:.0e})" for k, v in p["errors"].items())]
+    if "quantization" in manifest:
+        q = manifest["quantization"]
+        lines.append(f"int8 graph ({q['format']}): " + ", ".join(f"{n} {t}" for t, n in q["op_types_quantized"].items())
+                     + f" quantized, calibrated on {q['calibration']['images']} training images; "
+                     + f"{sum(q['op_types_in_float'].values())} other ops in float32")
+    s = manifest["scoring"]
+    for label, bank in (("bank", s.get("bank")), ("image gallery", (s.get("gallery") or {}).get("images_bank"))):
+        if bank and "approximation" in bank:
+            a = bank["approximation"]
+            params = " ".join(f"{k}={v}" for k, v in (bank.get("search_params") or {}).items())
+            lines.append(f"approximate {label} {bank['index_type']}{' ' + params if params else ''}: recall@1 "
+                         f"{a['recall_at_1']:.3f}, mean distance error {a['distance_rel_error']:.4f} on "
+                         f"{a['queries']} held-out normal queries"
+                         + ("" if a["passed"] else " (above tolerance, written because --accept-approximate)"))
     if "tensorrt" in manifest:
         tp = manifest["tensorrt"]["parity"]
         lines.append("TensorRT parity: " + ", ".join(f"{k} {v['max_rel']:.2e}" for k, v in tp["errors"].items()))

@@ -5,7 +5,9 @@ provider fuses into integer kernels), int8 weights per output channel, uint8 act
 ranges from MinMax calibration on training images preprocessed exactly as the method does. Only the
 compute-heavy ops are quantized (convolutions and matrix products): the rest (resizes, pooling,
 concatenations, the activation clips) stay in float32. A quantized bilinear Resize changed its
-output size on ONNX Runtime 1.32 (31 instead of 32 rows), so Resize is never quantized.
+output size on ONNX Runtime 1.32 (31 instead of 32 rows), so Resize is never quantized. The
+convolutions that read the input image (the stem) stay in float32 too: on the demo PatchCore backbone that
+alone cut the mean feature error from 14% to 11% of the mean feature (max error 18% -> 14%).
 
 The parity check of the bundle (torch float32 against the int8 runtime) decides whether it is
 written; :func:`quantize_int8` only builds the graph and describes it.
@@ -71,10 +73,12 @@ def quantize_int8(float_graph: Path, out: Path, images: Sequence[Path], preproce
         prepared = Path(tmp) / "prepared.onnx"
         # Shape inference and constant folding first, as ONNX Runtime recommends before quantizing.
         q.shape_inference.quant_pre_process(str(float_graph), str(prepared), skip_symbolic_shape=True)
+        kept = _input_convs(prepared, input_name)
         q.quantize_static(
             str(prepared), str(out), Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True,
             activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
             calibrate_method=q.CalibrationMethod.MinMax, op_types_to_quantize=list(INT8_OP_TYPES),
+            nodes_to_exclude=kept,
         )
     quantized, left = _op_census(out)
     return {
@@ -87,7 +91,25 @@ def quantize_int8(float_graph: Path, out: Path, images: Sequence[Path], preproce
                         "preprocess": "the bundle's input contract (same code as inference)"},
         "op_types_quantized": quantized,
         "op_types_in_float": left,
+        "nodes_in_float": kept,
     }
+
+
+def _input_convs(path: Path, input_name: str) -> list[str]:
+    """Names of the convolutions whose input comes from the graph input through no other
+    convolution (the stem; padding or casts in between do not count)."""
+    import onnx  # noqa: PLC0415
+
+    from_input = {input_name}
+    convs = []
+    for node in onnx.load(str(path)).graph.node:  # ONNX lists nodes in topological order
+        if not from_input.intersection(node.input):
+            continue
+        if node.op_type == "Conv":
+            convs.append(node.name)
+        else:
+            from_input.update(node.output)
+    return convs
 
 
 def _op_census(path: Path) -> tuple[dict[str, int], dict[str, int]]:

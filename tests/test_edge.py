@@ -5,6 +5,7 @@ FAISS search, the unsharded bank)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -183,9 +184,52 @@ def test_cli_export_int8_and_eval_compare(model_dir: Path, bundle: Path, dataset
     out = tmp_path / "i8"
     r = invoke("export", model_dir, "--out", out, "--quantize", "int8", "--calibration-images", "4", "-q")
     assert r.exit_code == 0, r.output
+    assert re.search(r"int8 graph \(QDQ\): \d+ Conv quantized, calibrated on 4 training images", r.output)
     assert json.loads((out / "manifest.json").read_text())["quantization"]["calibration"]["images"] == 4
     r = invoke("eval", out, dataset, "-c", "weave", "--compare", bundle, "-q")
     assert r.exit_code == 0, r.output
     assert "B - A" in r.output and "image AUROC" in r.output and "AUPRO" in r.output
     r = invoke("infer", bundle, list_test_images(dataset)[0], "--search-param", "nprobe=2", "-q")
     assert r.exit_code == 1 and "does not apply to this bank's index" in r.output
+
+
+# ------------------------------------------------------------------------------------- SPADE
+@pytest.fixture(scope="module")
+def spade_fitted(dataset: Path):
+    from adexport.train import train
+
+    from conftest import TINY
+
+    return train(dataset, "weave", "spade", options={**TINY, "k": 5, "k_pixel": 2}, holdout=0.25)
+
+
+def test_spade_k_pixel_searches_the_nearest_images_only(spade_fitted, dataset: Path, tmp_path: Path) -> None:
+    """Reference: the pixel distance to the k_pixel nearest gallery images by brute force (numpy)."""
+    import torch
+
+    from adx_runtime.preprocess import load_image, stack
+
+    m = export_bundle(spade_fitted, tmp_path / "b")
+    assert m["scoring"]["k"] == 5 and m["scoring"]["k_pixel"] == 2 and m["parity"]["passed"]
+    images = list_test_images(dataset)[:3]
+    x = stack([load_image(p, spade_fitted.preprocess) for p in images])
+    with torch.no_grad():
+        feat, fmap = (t.numpy().astype(np.float64) for t in spade_fitted.graph()(torch.from_numpy(x)))
+    gallery_img = spade_fitted.image_features.numpy().astype(np.float64)
+    gallery_maps = spade_fitted.feature_maps.numpy().astype(np.float64)
+    p = Predictor.load(tmp_path / "b")
+    raw = dict(zip(p.output_names, p.session.run(p.output_names, {p.input_name: x})))
+    got = p.scorer(raw).patch_maps.reshape(len(x), -1)
+    for b in range(len(x)):
+        nearest = np.argsort(np.linalg.norm(gallery_img - feat[b], axis=1))[:2]
+        g = gallery_maps[nearest].reshape(-1, gallery_maps.shape[-1])
+        ref = np.sqrt(((fmap[b][:, None, :] - g[None]) ** 2).sum(-1)).min(axis=1)
+        np.testing.assert_allclose(got[b], ref, rtol=1e-4, atol=1e-4)
+
+
+def test_spade_image_gallery_takes_an_approximate_index(spade_fitted, tmp_path: Path) -> None:
+    m = export_bundle(spade_fitted, tmp_path / "b", index_type="HNSW8", search_params={"efSearch": 16})
+    bank = m["scoring"]["gallery"]["images_bank"]
+    assert bank["index_type"] == "HNSW8" and bank["approximation"]["queries"] == 4 and m["parity"]["passed"]
+    with pytest.raises(ConfigError, match="spade does not use --shards"):
+        export_bundle(spade_fitted, tmp_path / "c", shards=2)

@@ -57,7 +57,12 @@ def scoring_data(manifest: dict[str, Any], search_params: dict[str, float] | Non
     with the graph's precision when it is not float32."""
     s = manifest["scoring"]
     bank = s.get("bank") or s.get("gallery", {}).get("images_bank") or {}
-    detail = bank.get("index_type") or s.get("gaussian", {}).get("dtype") or s.get("gallery", {}).get("dtype") or ""
+    detail = s.get("bank", {}).get("index_type") or s.get("gaussian", {}).get("dtype") or \
+        s.get("gallery", {}).get("dtype") or ""
+    if "gallery" in s and bank.get("index_type", "Flat") != "Flat":
+        detail += f", images {bank['index_type']}"
+    if "k_pixel" in s and s["k_pixel"] != s.get("k"):
+        detail += f", k_pixel {s['k_pixel']}"
     params = {**(bank.get("search_params") or {}), **(search_params or {})}
     if params:
         detail += " " + ",".join(f"{k}={v}" for k, v in params.items())

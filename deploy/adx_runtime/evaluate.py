@@ -70,7 +70,7 @@ class Evaluation:
 
 def library_versions() -> dict[str, str]:
     out = {"adexport": __version__, "python": platform.python_version()}
-    for dist in ("numpy", "onnxruntime", "onnxruntime-gpu", "faiss-cpu", "faiss-gpu-cu12", "scikit-learn", "scipy", "pillow"):
+    for dist in ("numpy", "onnxruntime", "onnxruntime-gpu", "faiss-cpu", "faiss-gpu-cuvs", "faiss-gpu-cu12", "scikit-learn", "scipy", "pillow"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

@@ -171,11 +171,16 @@ class FaissBank:
         if not hasattr(faiss, "StandardGpuResources") or ngpu == 0:
             raise ProviderError(
                 "the FAISS GPU index was asked for (--bank-device cuda) but this FAISS has no GPU support "
-                f"or sees no GPU (GPUs visible to FAISS: {ngpu}). Install adexport[gpu] (faiss-gpu-cu12), "
+                f"or sees no GPU (GPUs visible to FAISS: {ngpu}). Install adexport[gpu] (faiss-gpu-cuvs), "
                 "or use --bank-device cpu."
             )
         res = faiss.StandardGpuResources()
-        gpu_index = faiss.index_cpu_to_gpu(res, 0, index)
+        try:
+            gpu_index = faiss.index_cpu_to_gpu(res, 0, index)
+        except RuntimeError:
+            raise ProviderError(f"FAISS has no GPU version of this bank's index ({_describe(index)}; HNSW and flat "
+                                "scalar quantizers search on the CPU only); use --bank-device cpu, or export with "
+                                "Flat or an IVF index type") from None
         bank = cls(gpu_index, faiss, "faiss-gpu")
         bank._resources = res  # keep the GPU resources alive as long as the index
         bank._cpu_index = index  # reconstruct from the CPU copy: not every GPU index supports it
