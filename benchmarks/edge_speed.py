@@ -8,7 +8,8 @@ processes on the cores) falls on all variants alike.
 
 Sections:
 
-- ``patchcore``: {float32, int8 graph} x {Flat, SQ8, IVF-PQ, HNSW}, batch 16 (the frontier);
+- ``patchcore``: {float32, int8 graph} x {Flat, SQ8, IVF-PQ, HNSW}, and float32 IVF-Flat, batch 16
+  (the frontier);
 - ``padim``: float32 store, float16 store, int8 graph, batch 1;
 - ``spade``: k_pixel = k (all 48 nearest images), 10 and 5, batch 16.
 
@@ -45,6 +46,7 @@ SECTIONS: dict[str, dict[str, Any]] = {
         "float32 SQ8": ({}, {"index_type": "SQ8"}),
         "float32 IVF64,PQ38 nprobe 8": ({}, {"index_type": "IVF64,PQ38", "search_params": {"nprobe": 8}}),
         "float32 HNSW32 efSearch 64": ({}, {"index_type": "HNSW32", "search_params": {"efSearch": 64}}),
+        "float32 IVF64,Flat nprobe 8": ({}, {"index_type": "IVF64,Flat", "search_params": {"nprobe": 8}}),
         "int8 Flat": ({}, {"quantize": "int8"}),
         "int8 SQ8": ({}, {"quantize": "int8", "index_type": "SQ8"}),
         "int8 IVF64,PQ38 nprobe 8": ({}, {"quantize": "int8", "index_type": "IVF64,PQ38", "search_params": {"nprobe": 8}}),
