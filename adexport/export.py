@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import platform
+import tempfile
 import time
 import warnings
 from datetime import datetime, timezone
@@ -21,11 +22,14 @@ import numpy as np
 import torch
 
 from adexport.fitted import load_fitted
-from adexport.methods.base import EXPORT_OPTIONS, TOLERANCE_EXACT, TOLERANCE_FP16, FittedMethod, config_to_dict
+from adexport.methods.base import (EXPORT_OPTIONS, TOLERANCE_EXACT, TOLERANCE_FP16, TOLERANCE_INT8, FittedMethod,
+                                   config_to_dict)
+from adexport.quantize import DEFAULT_CALIBRATION_IMAGES, QUANTIZE, calibration_subset, quantize_int8
 from adx_runtime import __version__
 from adx_runtime.bundle import (BUNDLE_FORMAT, MANIFEST, SCHEMA_VERSION, atomic_dir, check_replaceable, file_entry,
                                 integrity_section, write_json_atomic)
-from adx_runtime.errors import ConfigError, ExportError, ProviderError
+from adx_runtime.datasets import load_split
+from adx_runtime.errors import AdxError, ConfigError, ExportError, ProviderError
 from adx_runtime.predictor import Predictor, tensorrt_provider_options
 from adx_runtime.preprocess import load_image, stack
 from adx_runtime.progress import SILENT, Progress
@@ -42,8 +46,8 @@ FORMATS = ("onnx", "tensorrt")
 
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "platform": platform.platform()}
-    for dist in ("torch", "timm", "onnx", "onnxruntime", "onnxruntime-gpu", "faiss-cpu", "faiss-gpu-cu12",
-                 "numpy", "pillow", "tensorrt-cu12"):
+    for dist in ("torch", "timm", "onnx", "onnxruntime", "onnxruntime-gpu", "faiss-cpu", "faiss-gpu-cuvs",
+                 "faiss-gpu-cu12", "numpy", "pillow", "tensorrt-cu13", "tensorrt-cu12"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[dist] = metadata.version(dist)
     return out
@@ -157,6 +161,11 @@ def export_bundle(
     tolerance: dict[str, float] | None = None,
     max_batch: int = 16,
     fp16: bool = False,
+    quantize: str | None = None,
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+    search_params: dict[str, float] | None = None,
+    shards: int | None = None,
+    accept_approximate: bool | None = None,
     overwrite: bool = False,
     progress: Progress = SILENT,
 ) -> dict[str, Any]:
@@ -171,13 +180,25 @@ def export_bundle(
             with a memory bank only.
         tolerance: parity tolerances overriding the method's declared ones.
         max_batch: largest batch the TensorRT engine's shape profile accepts.
+        quantize: ``int8``: a statically quantized graph (QDQ, per-channel weights) calibrated on
+            ``calibration_images`` training images; refused by methods that declare int8 unsafe.
+        search_params: FAISS search parameters of an approximate index (``nprobe``, ``efSearch``),
+            recorded in the manifest as the defaults the runtime uses.
+        shards: split the bank into this many FAISS index files searched as one (``IndexShards``).
+        accept_approximate: write the bundle even when the approximate index misses its recall or
+            distance tolerance against exact search (measured at export on held-out patches).
     """
     if fmt not in FORMATS:
         raise ConfigError(f"export format {fmt!r} is not known; valid: {', '.join(FORMATS)}")
     if fp16 and fmt != "tensorrt":
         raise ConfigError("--fp16 applies to TensorRT engines; the ONNX graph is exported in float32")
+    if quantize is not None and quantize not in QUANTIZE:
+        raise ConfigError(f"--quantize {quantize!r} is not known; valid: {', '.join(QUANTIZE)} (or leave it out for float32)")
+    if calibration_images < 1:
+        raise ConfigError(f"--calibration-images must be >= 1, got {calibration_images}")
     fitted = model if isinstance(model, FittedMethod) else load_fitted(model)
-    options = {k: v for k, v in (("bank", bank), ("index_type", index_type)) if v is not None}
+    options = {k: v for k, v in (("bank", bank), ("index_type", index_type), ("search_params", search_params or None),
+                                 ("shards", shards), ("accept_approximate", accept_approximate)) if v is not None}
     props = fitted.export_properties(**options)
     refused = sorted(set(options) - props.options)
     if refused:
@@ -186,11 +207,13 @@ def export_bundle(
                           "which has no memory bank index); drop the option")
     if fp16 and not props.fp16:
         raise ConfigError(f"{fitted.name} refuses float16 TensorRT engines: {props.fp16_reason}")
+    if quantize == "int8" and not props.int8:
+        raise ConfigError(f"{fitted.name} refuses --quantize int8: {props.int8_reason}")
     if fmt == "tensorrt" and "tensorrt" not in available_devices():
         raise ProviderError(
             "--format tensorrt builds a TensorRT engine for this machine's GPU through ONNX Runtime's "
             f"TensorrtExecutionProvider, which is not available here (available: {', '.join(available_devices())}). "
-            "Run this on the target NVIDIA box with pip install 'adexport[gpu]', or export --format onnx here "
+            "Run this on the target NVIDIA box with pip install 'adexport[gpu,tensorrt]', or export --format onnx here "
             "and build the engine there."
         )
     images = _parity_images(fitted, parity_images)
@@ -201,10 +224,21 @@ def export_bundle(
         with progress.task("Exporting ONNX graph", None):
             graph = export_onnx(fitted, tmp / GRAPH_FILE, opset)
         graph["max_batch"] = max_batch if fmt == "tensorrt" else None
+        quantization = None
+        tq = time.perf_counter()
+        if quantize == "int8":
+            calib = calibration_subset(_training_images(fitted), calibration_images)
+            with progress.task(f"Quantizing the graph to int8 (calibration on {len(calib)} training images)", None), \
+                    tempfile.TemporaryDirectory(prefix="adx-export-") as scratch:
+                float_graph = Path(scratch) / "float32.onnx"
+                (tmp / GRAPH_FILE).replace(float_graph)
+                quantization = quantize_int8(float_graph, tmp / GRAPH_FILE, calib, fitted.preprocess, INPUT_NAME)
+            graph["precision"] = "int8"
+            seconds["quantization"] = time.perf_counter() - tq
         t1 = time.perf_counter()
         with progress.task("Writing scoring data", None):
             scoring, files = fitted.write_scoring_data(tmp, **options)
-        seconds.update(onnx_export=t1 - t0, scoring_data=time.perf_counter() - t1)
+        seconds.update(onnx_export=tq - t0, scoring_data=time.perf_counter() - t1)
         manifest: dict[str, Any] = {
             "format": BUNDLE_FORMAT,
             "schema_version": SCHEMA_VERSION,
@@ -213,7 +247,8 @@ def export_bundle(
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "input": fitted.preprocess.to_dict(),
             "graph": graph,
-            "files": [file_entry(tmp, GRAPH_FILE, "onnx-graph", opset=opset), *files],
+            "files": [file_entry(tmp, GRAPH_FILE, "onnx-graph", opset=opset, **({"precision": "int8"} if quantization else {})),
+                      *files],
             "scoring": {"kind": fitted.scoring_kind, **scoring},
             "postprocess": fitted.postprocess().to_dict(),
             "calibration": fitted.calibration,
@@ -222,16 +257,24 @@ def export_bundle(
             "training": {**fitted.dataset, "fit_seconds": fitted.report.phases, "sizes": fitted.report.sizes},
             "provenance": _versions(),
         }
+        if quantization is not None:
+            manifest["quantization"] = quantization
         _write_manifest(tmp, manifest)  # no parity section yet: the runtime refuses it until the check passed
         if tolerance is None:
             tolerance = props.tolerance
+            if quantization is not None:  # the looser of the two per quantity: both errors add up
+                tolerance = {k: max(v, TOLERANCE_INT8.get(k, v)) for k, v in tolerance.items()}
         t2 = time.perf_counter()
         with progress.task(f"Parity check on {len(images)} images (torch vs ONNX Runtime)", None):
             parity = parity_check(fitted, tmp, images, device="cpu", tolerance=tolerance)
         seconds["parity_check"] = time.perf_counter() - t2
         manifest["parity"] = parity
         manifest["export_seconds"] = seconds
-        _refuse_if_failed(parity, "ONNX Runtime (cpu)")
+        if quantization is not None:
+            quantization["measured_error"] = {k: e["max_rel"] for k, e in parity["errors"].items()}
+            quantization["tolerance"] = dict(tolerance)
+            quantization["measure"] = "max |torch float32 - int8 runtime| / max |torch| over the parity images"
+        _refuse_if_failed(parity, "ONNX Runtime (cpu)" + (", int8 graph" if quantization else ""))
         if fmt == "tensorrt":
             manifest["tensorrt"], engine_files = _build_tensorrt(tmp, manifest, max_batch, fp16)
             manifest["files"] += engine_files
@@ -250,6 +293,17 @@ def _write_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> None:
     write_json_atomic(bundle_dir / MANIFEST, manifest)
 
 
+def _training_images(fitted: FittedMethod) -> list[Path]:
+    """The training images (``train/good``) recorded at fit time, for int8 calibration."""
+    root, category = fitted.dataset.get("root"), fitted.dataset.get("category")
+    try:
+        split = load_split(root, category, need_test=False)
+    except AdxError as exc:  # the dataset moved or changed: say what was looked for
+        raise ExportError(f"int8 calibration needs the training images of {root!r} (category {category!r}), "
+                          f"which could not be read ({exc}); restore the dataset there or export without --quantize") from None
+    return [s.path for s in split.train]
+
+
 def _refuse_if_failed(parity: dict[str, Any], where: str) -> None:
     if parity["passed"]:
         return
@@ -257,7 +311,8 @@ def _refuse_if_failed(parity: dict[str, Any], where: str) -> None:
     raise ExportError(
         f"parity check failed on {where}: the exported bundle scores differently from the trained model "
         f"(relative max error over {parity['n_images']} images):\n" + "\n".join(lines)
-        + "\nNo bundle was written. An approximate FAISS index or fp16 needs a looser --parity-tolerance."
+        + "\nNo bundle was written. An approximate FAISS index, an int8 graph or fp16 needs a looser "
+        "--parity-tolerance (or more --calibration-images for int8)."
     )
 
 
@@ -295,10 +350,11 @@ def _build_tensorrt(bundle_dir: Path, manifest: dict[str, Any], max_batch: int, 
 
 
 def _trt_version() -> str:
-    for dist in ("tensorrt-cu12", "tensorrt", "tensorrt-libs"):
+    for dist in ("tensorrt-cu13", "tensorrt-cu12", "tensorrt", "tensorrt-libs"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             return metadata.version(dist)
-    raise ProviderError("TensorRT is not installed; pip install 'adexport[gpu]'")
+    raise ProviderError("TensorRT is not installed; pip install 'adexport[gpu,tensorrt]' with NVIDIA's own package "
+                        "index added (TensorRT's libraries are not on the public index)")
 
 
 def _compute_capability() -> str:
@@ -318,6 +374,20 @@ def format_export_summary(manifest: dict[str, Any], out: str | Path) -> str:
              + ("anomaly maps" if manifest["postprocess"]["map"] else "image scores only (no anomaly map)"),
              f"parity on {p['n_images']} images, max relative error torch vs runtime: "
              + ", ".join(f"{k} {v['max_rel']:.2e} (tol {p['tolerance'][k]:.0e})" for k, v in p["errors"].items())]
+    if "quantization" in manifest:
+        q = manifest["quantization"]
+        lines.append(f"int8 graph ({q['format']}): " + ", ".join(f"{n} {t}" for t, n in q["op_types_quantized"].items())
+                     + f" quantized, calibrated on {q['calibration']['images']} training images; "
+                     + f"{sum(q['op_types_in_float'].values())} other ops in float32")
+    s = manifest["scoring"]
+    for label, bank in (("bank", s.get("bank")), ("image gallery", (s.get("gallery") or {}).get("images_bank"))):
+        if bank and "approximation" in bank:
+            a = bank["approximation"]
+            params = " ".join(f"{k}={v}" for k, v in (bank.get("search_params") or {}).items())
+            lines.append(f"approximate {label} {bank['index_type']}{' ' + params if params else ''}: recall@1 "
+                         f"{a['recall_at_1']:.3f}, mean distance error {a['distance_rel_error']:.4f} on "
+                         f"{a['queries']} held-out normal queries"
+                         + ("" if a["passed"] else " (above tolerance, written because --accept-approximate)"))
     if "tensorrt" in manifest:
         tp = manifest["tensorrt"]["parity"]
         lines.append("TensorRT parity: " + ", ".join(f"{k} {v['max_rel']:.2e}" for k, v in tp["errors"].items()))

@@ -150,6 +150,7 @@ def train(
         "train_images": len(split.train),
         "fit_images": len(fit_samples) - len(fit_bad),
         "holdout_images": len(held_out),
+        "holdout_files": [str(s.path.resolve()) for s in held_out],
         "parity_images": [str(s.path.resolve()) for s in parity_samples(split, held_out)],
         "device": device,
     }

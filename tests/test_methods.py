@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import CATEGORY, TINY, TINY_TRAINED, list_test_images
-from torchfree import make_torch_free_venv
+from torchfree import edge_env, make_torch_free_venv
 
 from adexport.export import export_bundle
 from adexport.fitted import load_fitted, save_fitted
@@ -76,7 +76,8 @@ def test_every_method_scores_without_torch(exported, dataset: Path, tmp_path: Pa
     python = make_torch_free_venv(tmp_path / "venv")
     out = tmp_path / "eval.json"
     proc = subprocess.run([str(python), "-m", "adx_cli", "eval", str(root / "bundle"), str(dataset), "-c", CATEGORY,
-                           "--json", str(out), "-q"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+                           "--json", str(out), "-q"], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                          env=edge_env())
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     assert result["method"] == method and result["metrics"]["n_images"] == len(list_test_images(dataset))
@@ -179,3 +180,18 @@ def test_cli_train_each_method(dataset: Path, tmp_path: Path) -> None:
         config = json.loads((tmp_path / method / "model.json").read_text())["config"]
         assert config == {**config, **({"n_features": 30, "store_dtype": "float16"} if method == "padim" else {"k": 3})}
 
+
+
+def test_int8_export_passes_parity_or_is_refused_with_the_reason(exported, tmp_path: Path) -> None:
+    from adx_runtime.errors import ConfigError
+
+    method, fitted, root, _ = exported
+    props = fitted.export_properties()
+    if not props.int8:
+        assert len(props.int8_reason) > 40
+        with pytest.raises(ConfigError, match=f"{method} refuses --quantize int8: "):
+            export_bundle(root / "model", tmp_path / "b", quantize="int8")
+        assert not (tmp_path / "b").exists()
+        return
+    m = export_bundle(root / "model", tmp_path / "b", quantize="int8", calibration_images=4)
+    assert m["parity"]["passed"] and m["quantization"]["op_types_quantized"]

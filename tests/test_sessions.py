@@ -21,7 +21,8 @@ def test_missing_gpu_provider_is_refused(bundle: Path, device: str, provider: st
 
     if provider in ort.get_available_providers():
         pytest.skip(f"{provider} is available here")
-    with pytest.raises(ProviderError, match=f"--device {device} needs ONNX Runtime's {provider}.*adexport\\[gpu\\]"):
+    extra = "gpu" if device == "cuda" else "gpu,tensorrt"
+    with pytest.raises(ProviderError, match=f"--device {device} needs ONNX Runtime's {provider}.*adexport\\[{extra}\\]"):
         Predictor.load(bundle, device=device, bank_device="cpu")
 
 

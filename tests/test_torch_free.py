@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import list_test_images
-from torchfree import make_torch_free_venv
+from torchfree import edge_env, make_torch_free_venv
 
 from adx_runtime.preprocess import load_image, stack
 
@@ -26,9 +26,8 @@ def torch_free_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run(python: Path, *args: str) -> subprocess.CompletedProcess:
     # From the venv's own folder: the repository checkout must not be on sys.path, as on an edge box.
-    # Nor through PYTHONPATH (a development shell may point it at the checkout).
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    return subprocess.run([str(python), *args], capture_output=True, text=True, timeout=300, cwd=python.parent, env=env)
+    return subprocess.run([str(python), *args], capture_output=True, text=True, timeout=300, cwd=python.parent,
+                          env=edge_env())
 
 
 def test_torch_cannot_be_imported_there(torch_free_python: Path) -> None:

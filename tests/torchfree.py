@@ -8,6 +8,7 @@ are not there, so ``import torch`` fails exactly as on an edge box installed wit
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import sysconfig
@@ -65,3 +66,9 @@ def make_torch_free_venv(path: Path) -> Path:
     for pkg in (adx_runtime, adx_cli):
         (purelib / pkg.__name__).symlink_to(Path(pkg.__file__).parent)
     return path / "bin" / "python"
+
+
+def edge_env() -> dict[str, str]:
+    """This process's environment without PYTHONPATH: a checkout put on the path that way (as the
+    development instructions do) would make ``adexport`` importable in the torch-free venv."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

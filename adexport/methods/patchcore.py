@@ -24,15 +24,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from adexport.backbones import DEFAULT_BACKBONE, BackboneInfo, FeatureExtractor, build_architecture
+from adexport.banks import write_faiss_bank
 from adexport.coreset import greedy_coreset
-from adexport.methods.base import (TOLERANCE_APPROXIMATE, TOLERANCE_EXACT, ExportProperties, FittedMethod, Reference,
+from adexport.methods.base import (TOLERANCE_APPROXIMATE_INDEX, TOLERANCE_EXACT, ExportProperties, FittedMethod, Reference,
                                    backbone_and_preprocess, config_from_dict, graph_tensors, load_graph_tensors,
                                    run_graph)
 from adexport.methods.common import channel_pool_matrix, nearest
 from adx_runtime.bundle import file_entry
 from adx_runtime.datasets import Sample
-from adx_runtime.errors import ConfigError, ExportError
-from adx_runtime.knn import import_faiss
+from adx_runtime.errors import ConfigError
+from adx_runtime.knn import is_exact_index_type
 from adx_runtime.postprocess import PostprocessSpec
 from adx_runtime.preprocess import PreprocessConfig
 from adx_runtime.progress import SILENT, Progress
@@ -104,7 +105,7 @@ class PatchCoreGraph(nn.Module):
 
 
 def _exact_index(bank: str, index_type: str) -> bool:
-    return bank == "npz" or index_type.replace(" ", "") in ("Flat", "IDMap,Flat")
+    return bank == "npz" or is_exact_index_type(index_type)
 
 
 class FittedPatchCore(FittedMethod):
@@ -147,43 +148,40 @@ class FittedPatchCore(FittedMethod):
 
     def export_properties(self, *, bank: str = "faiss", index_type: str = "Flat", **_: Any) -> ExportProperties:
         exact = _exact_index(bank, index_type)
-        return ExportProperties(TOLERANCE_EXACT if exact else TOLERANCE_APPROXIMATE,
-                                options=frozenset({"bank", "index_type"}))
+        return ExportProperties(TOLERANCE_EXACT if exact else TOLERANCE_APPROXIMATE_INDEX,
+                                options=frozenset({"bank", "index_type", "search_params", "shards", "accept_approximate"}))
 
     def write_scoring_data(self, bundle_dir: Path, *, bank: str = "faiss", index_type: str = "Flat",
-                           **_: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                           search_params: dict[str, float] | None = None, shards: int | None = None,
+                           accept_approximate: bool = False, **_: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         vectors = np.ascontiguousarray(self.memory_bank.numpy(), dtype=np.float32)
         M, D = vectors.shape
         if bank == "faiss":
-            faiss = import_faiss()
-            try:
-                index = faiss.index_factory(D, index_type, faiss.METRIC_L2)
-                if not index.is_trained:
-                    index.train(vectors)
-                index.add(vectors)
-            except RuntimeError as exc:
-                raise ExportError(
-                    f"FAISS could not build index type {index_type!r} on a bank of {M} x {D}: {exc}. "
-                    "Use the default Flat, or an index whose training needs fewer points."
-                ) from None
-            name = "memory_bank.faiss"
-            faiss.write_index(index, str(bundle_dir / name))
-            entry = file_entry(bundle_dir, name, "faiss-index", shape=[M, D], dtype="float32")
+            queries = None
+            if not is_exact_index_type(index_type):  # held-out normal patches to measure the index on
+                held = self.heldout_outputs()
+                queries = held[0].reshape(-1, D).numpy() if held else None
+            section, files = write_faiss_bank(bundle_dir, "memory_bank", vectors, index_type=index_type,
+                                              search_params=search_params, shards=shards, queries=queries,
+                                              accept_approximate=accept_approximate)
+            section = {"format": "faiss", **section}
         elif bank == "npz":
+            if search_params or shards or not is_exact_index_type(index_type):
+                raise ConfigError("--index-type, --search-param and --shards apply to the FAISS bank; the npz bank is "
+                                  "searched exactly with numpy: drop them or use --bank faiss")
             name = "memory_bank.npz"
             np.savez(bundle_dir / name, memory_bank=vectors)
-            index_type = "numpy-exact"
-            entry = file_entry(bundle_dir, name, "npz", arrays={"memory_bank": {"shape": [M, D], "dtype": "float32"}})
+            section = {"file": name, "format": "npz", "index_type": "numpy-exact", "size": M, "dim": D, "exact": True}
+            files = [file_entry(bundle_dir, name, "npz", arrays={"memory_bank": {"shape": [M, D], "dtype": "float32"}})]
         else:
             raise ConfigError(f"bank format {bank!r} is not known; valid: faiss, npz")
         scoring = {
             "feature_output": "patch_features",
             "num_neighbors": self.config.num_neighbors,
             "image_score": "eq. 7 reweighted max patch distance",
-            "bank": {"file": name, "format": bank, "index_type": index_type, "size": M, "dim": D,
-                     "exact": _exact_index(bank, index_type)},
+            "bank": section,
         }
-        return scoring, [entry]
+        return scoring, files
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {**graph_tensors(self._graph), "memory_bank": self.memory_bank}

@@ -410,7 +410,10 @@ class FittedRIAD(MapMethod):
     def export_properties(self, **_: Any) -> ExportProperties:
         return ExportProperties(TOLERANCE_EXACT, fp16=False, fp16_reason=(
             "the map compares squared gradient magnitudes against c = 0.0026; on smooth normal regions those "
-            "squares fall below float16's normal range, and float16 accuracy of the map has not been measured"))
+            "squares fall below float16's normal range, and float16 accuracy of the map has not been measured"),
+            int8=False, int8_reason=(
+            "the map measures small differences between the image and its inpainting, while int8 activations "
+            "keep 256 levels per tensor; the map's int8 accuracy has not been measured, so export it in float32"))
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return graph_tensors(self._graph)  # U-Net weights and the fixed masks

@@ -8,7 +8,9 @@ Fit: the gallery is every training image's feature and feature map. No training.
 
 Scoring: image level, the mean distance to the ``k`` nearest training image features (a FAISS
 index); pixel level, for every position the distance to the nearest feature at any position of
-those ``k`` images (the paper's deep pyramid correspondence), then upsampled and smoothed.
+those ``k`` images (the paper's deep pyramid correspondence), then upsampled and smoothed. The
+pixel search is most of the cost (``k`` x ``h*w`` gallery features per position); ``k_pixel``
+restricts it to the nearest ``k_pixel`` of the ``k`` images.
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from adexport.backbones import DEFAULT_BACKBONE, BackboneInfo, FeatureExtractor, build_architecture
-from adexport.methods.base import (TOLERANCE_APPROXIMATE, TOLERANCE_EXACT, ExportProperties, FittedMethod, Reference,
+from adexport.banks import write_faiss_bank
+from adexport.methods.base import (TOLERANCE_APPROXIMATE, TOLERANCE_APPROXIMATE_INDEX, TOLERANCE_EXACT, ExportProperties, FittedMethod, Reference,
                                    backbone_and_preprocess, config_from_dict, graph_tensors, load_graph_tensors,
                                    run_graph)
 from adx_runtime.bundle import file_entry
 from adx_runtime.datasets import Sample
 from adx_runtime.errors import ConfigError
-from adx_runtime.knn import import_faiss
+from adx_runtime.knn import is_exact_index_type
 from adx_runtime.postprocess import PostprocessSpec
 from adx_runtime.preprocess import PreprocessConfig
 from adx_runtime.progress import SILENT, Progress
@@ -47,6 +50,7 @@ class SpadeConfig:
     interpolation: str = "bilinear"  # resize filter, recorded in the manifest
     map_stride: int = 8  # resolution of the pixel-level feature map (32 x 32 at 256 px)
     k: int = 50  # nearest training images (seed 001: k = 50), capped at the gallery size
+    k_pixel: int | None = None  # of those, the nearest whose feature maps the pixel search compares with; None: all k
     blur_sigma: float = 4.0  # Gaussian smoothing of the upsampled map, in pixels
     store_dtype: str = "float32"  # precision of the stored training feature maps
     seed: int = 0  # weights when weights=random
@@ -56,6 +60,8 @@ class SpadeConfig:
             raise ConfigError("SPADE needs at least two stages: feature-map stages, then the image-feature stage")
         if self.k < 1:
             raise ConfigError(f"k must be >= 1, got {self.k}")
+        if self.k_pixel is not None and self.k_pixel < 1:
+            raise ConfigError(f"k_pixel must be >= 1 (or None for all k images), got {self.k_pixel}")
         if self.store_dtype not in STORE_DTYPES:
             raise ConfigError(f"store_dtype must be one of {', '.join(STORE_DTYPES)}, got {self.store_dtype!r}")
         if self.image_size < 32 or self.image_size % self.map_stride:
@@ -103,6 +109,11 @@ class FittedSpade(FittedMethod):
     def k(self) -> int:
         return min(self.config.k, len(self.image_features))
 
+    @property
+    def k_pixel(self) -> int:
+        """Gallery images the pixel search compares with: the ``k_pixel`` nearest of the ``k``."""
+        return min(self.config.k_pixel or self.k, self.k)
+
     def graph(self) -> nn.Module:
         return self._graph
 
@@ -115,7 +126,7 @@ class FittedSpade(FittedMethod):
         image_scores = top.mean(dim=1).float()
         pixel = []
         for b in range(len(x)):
-            gallery = self.feature_maps[ids[b]].reshape(-1, fmap.shape[-1]).to(dtype)  # (k * h*w, D)
+            gallery = self.feature_maps[ids[b, : self.k_pixel]].reshape(-1, fmap.shape[-1]).to(dtype)  # (k_pixel * h*w, D)
             pixel.append(torch.cdist(fmap[b].to(dtype), gallery).min(dim=1).values.float())
         patch = torch.stack(pixel).view(len(x), *self._graph.grid)
         maps = self.reference_maps(patch)
@@ -124,21 +135,30 @@ class FittedSpade(FittedMethod):
     def postprocess(self) -> PostprocessSpec:
         return PostprocessSpec.gaussian(self._graph.grid, self.config.blur_sigma, image_score="scorer")
 
-    def export_properties(self, **_: Any) -> ExportProperties:
-        return ExportProperties(TOLERANCE_EXACT if self.config.store_dtype == "float32" else TOLERANCE_APPROXIMATE)
+    def export_properties(self, *, index_type: str = "Flat", **_: Any) -> ExportProperties:
+        exact = self.config.store_dtype == "float32"
+        tolerance = TOLERANCE_EXACT if exact else TOLERANCE_APPROXIMATE
+        if not is_exact_index_type(index_type):
+            tolerance = {k: max(v, TOLERANCE_APPROXIMATE_INDEX[k]) for k, v in tolerance.items()}
+        return ExportProperties(tolerance, options=frozenset({"index_type", "search_params", "accept_approximate"}))
 
-    def write_scoring_data(self, bundle_dir: Path, **_: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        faiss = import_faiss()
+    def write_scoring_data(self, bundle_dir: Path, *, index_type: str = "Flat",
+                           search_params: dict[str, float] | None = None, accept_approximate: bool = False,
+                           **_: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         feats = np.ascontiguousarray(self.image_features.numpy(), dtype=np.float32)
         N, C = feats.shape
-        index = faiss.IndexFlatL2(C)
-        index.add(feats)
-        faiss.write_index(index, str(bundle_dir / "gallery_images.faiss"))
+        queries = None
+        if not is_exact_index_type(index_type):  # held-out normal image features to measure the index on
+            held = self.heldout_outputs()
+            queries = held[0].numpy() if held else None
+        images_bank, image_files = write_faiss_bank(bundle_dir, "gallery_images", feats, index_type=index_type,
+                                                    search_params=search_params, queries=queries,
+                                                    accept_approximate=accept_approximate)
         dtype = np.dtype(self.config.store_dtype)
         maps = self.feature_maps.numpy().astype(dtype)
         np.savez(bundle_dir / "gallery_maps.npz", feature_maps=maps)
         files = [
-            file_entry(bundle_dir, "gallery_images.faiss", "faiss-index", shape=[N, C], dtype="float32"),
+            *image_files,
             file_entry(bundle_dir, "gallery_maps.npz", "npz",
                        arrays={"feature_maps": {"shape": list(maps.shape), "dtype": dtype.name}}),
         ]
@@ -146,8 +166,11 @@ class FittedSpade(FittedMethod):
             "image_output": "image_feature",
             "map_output": "feature_map",
             "k": self.k,
+            "k_pixel": self.k_pixel,
             "image_score": "mean distance to the k nearest training images",
-            "gallery": {"images_file": "gallery_images.faiss", "maps_file": "gallery_maps.npz", "images": N,
+            "pixel_score": "distance to the nearest feature at any position of the k_pixel nearest training images",
+            "gallery": {"images_file": "gallery_images.faiss", "images_bank": {"format": "faiss", **images_bank},
+                        "maps_file": "gallery_maps.npz", "images": N,
                         "image_dim": C, "map_dim": int(maps.shape[-1]), "dtype": dtype.name,
                         "bytes_per_image": int(maps[0].nbytes + C * 4)},
         }

@@ -295,7 +295,12 @@ def export(
     out: Annotated[Path, typer.Option("--out", "-o", help="Bundle folder to write (atomically).")],
     format: Annotated[str, typer.Option("--format", "-f", help="onnx | tensorrt (ONNX bundle + engine for this GPU) | triton (MODEL is a bundle; OUT a Triton model repository).")] = "onnx",
     bank: Annotated[Optional[str], typer.Option(help="Memory-bank methods (PatchCore): faiss (a FAISS index) or npz (numpy arrays) \\[default: faiss]. Other methods refuse it.")] = None,
-    index_type: Annotated[Optional[str], typer.Option(help="Memory-bank methods (PatchCore): FAISS index factory string: Flat (exact), HNSW32, IVF64,Flat, ... \\[default: Flat]. Other methods refuse it.")] = None,
+    index_type: Annotated[Optional[str], typer.Option(help="PatchCore bank / SPADE image gallery: FAISS index factory string: Flat (exact), SQ8, IVF64,Flat, IVF64,PQ38, HNSW32, ... \\[default: Flat]. Approximate ones are measured against exact search on held-out images. Other methods refuse it.")] = None,
+    search_param: Annotated[Optional[list[str]], typer.Option("--search-param", help="Approximate index: NAME=VALUE search parameter recorded as the bundle's default, repeatable: nprobe=N (IVF), efSearch=N (HNSW) \\[default: FAISS's, nprobe 1, efSearch 16].")] = None,
+    shards: Annotated[Optional[int], typer.Option(help="PatchCore: split the bank into N FAISS index files searched as one (IndexShards) \\[default: 1, one file].")] = None,
+    accept_approximate: Annotated[bool, typer.Option(help="Write the bundle even when the approximate index misses its tolerance against exact search (recall@1 >= 0.5, mean relative distance error <= 0.05).")] = False,
+    quantize: Annotated[Optional[str], typer.Option(help="int8: statically quantized graph (ONNX Runtime QDQ, per-channel int8 weights), parity checked against float32 torch \\[default: none, float32]. Methods that declare int8 unsafe refuse it.")] = None,
+    calibration_images: Annotated[int, typer.Option(help="With --quantize int8: training images to calibrate activation ranges on.")] = 32,
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
     parity_images: Annotated[Optional[list[str]], typer.Option(help="Images for the parity check \\[default: recorded at training].")] = None,
     parity_tolerance: Annotated[Optional[float], typer.Option(help="Relative tolerance for scores and maps \\[default: the method's, 1e-3 for exact scoring].")] = None,
@@ -321,7 +326,10 @@ def export(
         tolerance = {"features": TOLERANCE_EXACT["features"], "image_scores": parity_tolerance, "maps": parity_tolerance}
     manifest = export_bundle(model, out, fmt=format, bank=bank, index_type=index_type, opset=opset,
                              parity_images=images, tolerance=tolerance, max_batch=max_batch, fp16=fp16,
-                             overwrite=overwrite, progress=_progress(quiet))
+                             quantize=quantize, calibration_images=calibration_images,
+                             search_params=_search_params(search_param), shards=shards,
+                             accept_approximate=accept_approximate or None, overwrite=overwrite,
+                             progress=_progress(quiet))
     typer.echo(format_export_summary(manifest, out))
 
 
@@ -389,6 +397,7 @@ def infer(
     threshold: Annotated[Optional[float], typer.Option(help="Raw image-score threshold overriding the bundle's.")] = None,
     device: Annotated[str, typer.Option(help="ONNX Runtime provider: cpu | cuda | tensorrt.")] = "cpu",
     bank_device: Annotated[str, typer.Option(help="FAISS search: auto | cpu | cuda.")] = "auto",
+    search_param: Annotated[Optional[list[str]], typer.Option("--search-param", help="FAISS search parameter NAME=VALUE overriding the bundle's, repeatable: nprobe=N (IVF), efSearch=N (HNSW) \\[default: the bundle's].")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 8,
     save_maps: Annotated[Optional[Path], typer.Option(help="Folder for heatmap overlays (PNG), each at its image's own size.")] = None,
     raw_maps: Annotated[Optional[str], typer.Option(help="Also write each raw map into --save-maps at the image's size: npy (float32 raw scores) or png16 (16-bit normalised map, pixel threshold = 32768).")] = None,
@@ -408,7 +417,8 @@ def infer(
     if server is not None:
         remote = _remote_model(server, bundle, threshold=threshold, save_maps=save_maps, device=device)
     else:
-        predictor = Predictor.load(bundle, device=device, bank_device=bank_device, threshold=threshold)
+        predictor = Predictor.load(bundle, device=device, bank_device=bank_device, threshold=threshold,
+                                   search_params=_search_params(search_param))
     sink = sys.stdout if output == "-" else open(output, "w", newline="", encoding="utf-8")
     try:
         if server is not None:
@@ -456,8 +466,10 @@ def eval_cmd(
     report: Annotated[Optional[Path], typer.Option(help="Folder for ROC/PRO curves, score histogram, worst-case galleries and index.html.")] = None,
     device: Annotated[str, typer.Option(help="ONNX Runtime provider: cpu | cuda | tensorrt.")] = "cpu",
     bank_device: Annotated[str, typer.Option(help="FAISS search: auto | cpu | cuda.")] = "auto",
+    search_param: Annotated[Optional[list[str]], typer.Option("--search-param", help="FAISS search parameter NAME=VALUE overriding the bundle's, repeatable: nprobe=N (IVF), efSearch=N (HNSW) \\[default: the bundle's].")] = None,
     threshold: Annotated[Optional[float], typer.Option(help="Raw image threshold overriding the bundle's.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 8,
+    compare: Annotated[Optional[Path], typer.Option(help="A second bundle of the same model (e.g. the float32 one of an int8 bundle): both scored, metrics side by side with differences.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Score a test split with the torch-free runtime: image/pixel AUROC, AUPRO, F1-max, per defect type.
@@ -468,9 +480,17 @@ def eval_cmd(
     from adx_runtime.evaluate import evaluate, format_evaluation  # noqa: PLC0415
     from adx_runtime.predictor import Predictor  # noqa: PLC0415
 
-    predictor = Predictor.load(bundle, device=device, bank_device=bank_device, threshold=threshold)
+    params = _search_params(search_param)
+    predictor = Predictor.load(bundle, device=device, bank_device=bank_device, threshold=threshold, search_params=params)
     ev = evaluate(bundle, dataset, category, batch_size=batch_size, progress=_progress(quiet), predictor=predictor)
     typer.echo(format_evaluation(ev))
+    if compare is not None:
+        from adx_runtime.evaluate import format_eval_comparison  # noqa: PLC0415
+
+        other = evaluate(compare, dataset, category, batch_size=batch_size, progress=_progress(quiet),
+                         predictor=Predictor.load(compare, device=device, bank_device=bank_device, threshold=threshold))
+        typer.echo(format_evaluation(other))
+        typer.echo(format_eval_comparison(ev, other))
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(ev.to_json(), indent=2) + "\n", encoding="utf-8")
@@ -506,6 +526,13 @@ def calibrate(
 
 
 # ---------------------------------------------------------------------------------------- bench
+def _search_params(items: Optional[list[str]]) -> dict[str, float]:
+    """``--search-param nprobe=16`` (repeatable) -> ``{"nprobe": 16}``."""
+    from adx_runtime.knn import parse_search_params  # noqa: PLC0415
+
+    return parse_search_params(items)
+
+
 def _int_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -527,6 +554,7 @@ def bench(
     device: Annotated[str, typer.Option(help="ONNX Runtime provider: cpu | cuda | tensorrt.")] = "cpu",
     bank_device: Annotated[str, typer.Option(help="FAISS search: auto | cpu | cuda.")] = "auto",
     threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads (0 = all cores).")] = 0,
+    search_param: Annotated[Optional[list[str]], typer.Option("--search-param", help="FAISS search parameter NAME=VALUE overriding the bundle's, repeatable: nprobe=N (IVF), efSearch=N (HNSW) \\[default: the bundle's].")] = None,
     compare: Annotated[Optional[Path], typer.Option(help="A second bundle, printed side by side with ratios.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write every figure here.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -538,7 +566,8 @@ def bench(
     from adx_runtime.bench import compare_bundles, format_report, run_bench  # noqa: PLC0415
 
     options = dict(images=expand_inputs(images) if images else None, batch_sizes=_int_list(batch_sizes), runs=runs,
-                   warmup=warmup, device=device, bank_device=bank_device, threads=threads)
+                   warmup=warmup, device=device, bank_device=bank_device, threads=threads,
+                   search_params=_search_params(search_param) or None)
     if compare is None:
         result = run_bench(bundle, **options, progress=_progress(quiet))
         typer.echo(format_report(result))

@@ -52,12 +52,25 @@ def default_images(predictor: Predictor, n: int = 16) -> tuple[list[Path], str]:
     return sorted((tmp / "weave" / "train" / "good").glob("*.png")), "generated demo images (160 px)"
 
 
-def scoring_data(manifest: dict[str, Any]) -> str:
-    """What the scorer reads, in words: e.g. ``memory_bank.faiss (Flat)`` or ``gaussian.npz (float16)``."""
+def scoring_data(manifest: dict[str, Any], search_params: dict[str, float] | None = None) -> str:
+    """What the scorer reads, in words: e.g. ``memory_bank.faiss (Flat)`` or ``gaussian.npz (float16)``,
+    with the graph's precision when it is not float32."""
     s = manifest["scoring"]
+    bank = s.get("bank") or s.get("gallery", {}).get("images_bank") or {}
     detail = s.get("bank", {}).get("index_type") or s.get("gaussian", {}).get("dtype") or \
         s.get("gallery", {}).get("dtype") or ""
+    if "gallery" in s and bank.get("index_type", "Flat") != "Flat":
+        detail += f", images {bank['index_type']}"
+    if "k_pixel" in s and s["k_pixel"] != s.get("k"):
+        detail += f", k_pixel {s['k_pixel']}"
+    params = {**(bank.get("search_params") or {}), **(search_params or {})}
+    if params:
+        detail += " " + ",".join(f"{k}={v}" for k, v in params.items())
+    if manifest["graph"].get("precision", "float32") != "float32":
+        detail = f"{manifest['graph']['precision']} graph" + (f", {detail}" if detail else "")
     files = [f["path"] for f in manifest["files"] if f["kind"] != "onnx-graph" and f["kind"] != "tensorrt-engine"]
+    if len(files) > 3:
+        files = files[:2] + [f"... ({len(files)} files)"]
     if not files:
         return f"no scoring data (kind {s.get('kind')}: the graph outputs the map)"
     return ", ".join(files) + (f" ({detail})" if detail else "")
@@ -79,6 +92,7 @@ def run_bench(
     device: str = "cpu",
     bank_device: str = "auto",
     threads: int = 0,
+    search_params: dict[str, float] | None = None,
     progress: Progress = SILENT,
 ) -> dict[str, Any]:
     """Time the bundle; returns every figure (also what ``--json`` writes)."""
@@ -87,7 +101,8 @@ def run_bench(
     root = Path(bundle)
     rss_before = peak_rss_mb()
     t0 = time.perf_counter()
-    predictor = Predictor.load(root, device=device, bank_device=bank_device, threads=threads)
+    predictor = Predictor.load(root, device=device, bank_device=bank_device, threads=threads,
+                               search_params=search_params)
     load_seconds = time.perf_counter() - t0
     if images:
         files, source = [Path(p) for p in images], f"{len(images)} given images"
@@ -130,7 +145,7 @@ def run_bench(
     return {
         "bundle": str(root),
         "method": predictor.method,
-        "scoring_data": scoring_data(predictor.manifest),
+        "scoring_data": scoring_data(predictor.manifest, search_params),
         "device": device,
         "providers": predictor.providers,
         "scoring_backend": predictor.scorer.backend,

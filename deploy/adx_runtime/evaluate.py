@@ -70,7 +70,7 @@ class Evaluation:
 
 def library_versions() -> dict[str, str]:
     out = {"adexport": __version__, "python": platform.python_version()}
-    for dist in ("numpy", "onnxruntime", "onnxruntime-gpu", "faiss-cpu", "faiss-gpu-cu12", "scikit-learn", "scipy", "pillow"):
+    for dist in ("numpy", "onnxruntime", "onnxruntime-gpu", "faiss-cpu", "faiss-gpu-cuvs", "faiss-gpu-cu12", "scikit-learn", "scipy", "pillow"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -219,4 +219,22 @@ def format_evaluation(ev: Evaluation) -> str:
             line += f" {_fmt(e.get('pixel_auroc')):>10} {_fmt(e.get('aupro')):>8}"
         lines.append(line)
     lines += [f"  note: {note}" for note in ev.notes]
+    return "\n".join(lines)
+
+
+def format_eval_comparison(a: Evaluation, b: Evaluation) -> str:
+    """Two evaluations of one test split side by side (e.g. an int8 bundle and its float32 one),
+    with ``B - A`` per metric."""
+    def bundle_line(tag: str, ev: Evaluation) -> str:
+        return f"{tag}: {ev.bundle} ({ev.method})"
+
+    names = [("image AUROC", "image_auroc"), ("image F1-max", "image_f1_max")]
+    if a.has_masks and b.has_masks:
+        names += [("pixel AUROC", "pixel_auroc"), ("AUPRO (FPR<=0.3)", "aupro")]
+    lines = [f"comparison on {a.category} ({a.metrics['n_images']} test images)", bundle_line("A", a),
+             bundle_line("B", b), f"  {'metric':<18} {'A':>8} {'B':>8} {'B - A':>8}"]
+    for label, key in names:
+        va, vb = a.metrics.get(key), b.metrics.get(key)
+        diff = f"{vb - va:+.4f}" if va is not None and vb is not None else "n/a"
+        lines.append(f"  {label:<18} {_fmt(va):>8} {_fmt(vb):>8} {diff:>8}")
     return "\n".join(lines)

@@ -1,8 +1,13 @@
 """Nearest-neighbour search over a memory bank, with FAISS or plain numpy.
 
 Both return Euclidean (not squared) distances, ascending, and the bank row ids. FAISS reads the
-bank from a ``.faiss`` index file (any index type FAISS can write; GPU when asked for), numpy from
-an ``.npz`` array and searches it exactly by brute force.
+bank from a ``.faiss`` index file (any index type FAISS can write; GPU when asked for), or from
+several shard files searched as one ``IndexShards`` (ids run on from shard to shard, so the results
+are the unsharded ones); numpy from an ``.npz`` array and searches it exactly by brute force.
+
+Approximate indices take search parameters: ``nprobe`` (IVF: inverted lists visited per query) and
+``efSearch`` (HNSW: candidate list size). The manifest records the export's values; the user may
+override them at inference (``--search-param nprobe=16``).
 """
 
 from __future__ import annotations
@@ -13,7 +18,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from adx_runtime.errors import BundleError, DependencyError, ProviderError
+from adx_runtime.errors import BundleError, ConfigError, DependencyError, ProviderError
+
+#: FAISS search parameters a bank accepts, with what they do.
+SEARCH_PARAMS = {
+    "nprobe": "IVF indices: inverted lists visited per query (more: closer to exact, slower)",
+    "efSearch": "HNSW indices: candidate list size of the graph search (more: closer to exact, slower)",
+}
 
 
 class Bank(Protocol):
@@ -38,6 +49,54 @@ def import_faiss() -> Any:
             f"FAISS is not installed ({exc}); it reads .faiss memory banks. Install the runtime extra: "
             "pip install 'adexport[cpu]' or 'adexport[gpu]', or export the bank as npz (--bank npz)."
         ) from None
+
+
+def parse_search_params(items: list[str] | None) -> dict[str, float]:
+    """``["nprobe=16", "efSearch=64"]`` -> ``{"nprobe": 16, "efSearch": 64}`` (CLI form)."""
+    out: dict[str, float] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if not sep or not key.strip() or number is None:
+            raise ConfigError(f"--search-param takes NAME=NUMBER (e.g. nprobe=16 or efSearch=64), got {item!r}")
+        out[key.strip()] = int(number) if number.is_integer() else number
+    return out
+
+
+def is_exact_index_type(index_type: str) -> bool:
+    """Whether a FAISS factory string searches exactly (brute force over uncompressed vectors)."""
+    return index_type.replace(" ", "") in ("Flat", "IDMap,Flat", "numpy-exact")
+
+
+def apply_search_params(index: Any, params: dict[str, float] | None) -> None:
+    """Set ``nprobe`` / ``efSearch`` on ``index`` (also inside shards and pre-transforms), refusing a
+    parameter that this index type does not have."""
+    if not params:
+        return
+    faiss = import_faiss()
+    space = faiss.ParameterSpace()
+    for name, value in params.items():
+        if name not in SEARCH_PARAMS:
+            raise ConfigError(f"search parameter {name!r} is not known; valid: {', '.join(SEARCH_PARAMS)} "
+                              "(e.g. --search-param nprobe=16)")
+        if float(value) < 1 or not float(value).is_integer():
+            raise ConfigError(f"search parameter {name} must be a whole number >= 1, got {value}")
+        try:
+            space.set_index_parameter(index, name, float(value))
+        except RuntimeError:
+            raise ConfigError(f"search parameter {name}={value} does not apply to this bank's index "
+                              f"({_describe(index)}); {name} is for {SEARCH_PARAMS[name].split(':')[0]}") from None
+
+
+def _describe(index: Any) -> str:
+    faiss = import_faiss()
+    sub = faiss.downcast_index(index)
+    if isinstance(sub, faiss.IndexShards):
+        sub = faiss.downcast_index(sub.at(0))
+    return type(sub).__name__
 
 
 def squared_to_distance(d2: np.ndarray) -> np.ndarray:
@@ -100,18 +159,10 @@ class FaissBank:
         self.size, self.dim = int(index.ntotal), int(index.d)
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu") -> "FaissBank":
+    def load(cls, path: str | Path, device: str = "cpu", search_params: dict[str, float] | None = None) -> "FaissBank":
         faiss = import_faiss()
-        try:
-            index = faiss.read_index(str(path))
-        except RuntimeError as exc:
-            raise BundleError(f"FAISS could not read {str(path)!r}: {exc}") from None
-        metric = getattr(index, "metric_type", faiss.METRIC_L2)
-        if metric != faiss.METRIC_L2:
-            raise BundleError(f"{str(path)!r} is not an L2 index (metric_type={metric}); adexport banks are L2")
-        ivf = faiss.try_extract_index_ivf(index) if hasattr(faiss, "try_extract_index_ivf") else None
-        if ivf is not None:
-            ivf.make_direct_map()  # IVF indices reconstruct by id only with a direct map
+        index = _read_index(faiss, path)
+        apply_search_params(index, search_params)
         if device == "cpu":
             return cls(index, faiss, "faiss-cpu")
         if device != "cuda":
@@ -120,11 +171,16 @@ class FaissBank:
         if not hasattr(faiss, "StandardGpuResources") or ngpu == 0:
             raise ProviderError(
                 "the FAISS GPU index was asked for (--bank-device cuda) but this FAISS has no GPU support "
-                f"or sees no GPU (GPUs visible to FAISS: {ngpu}). Install adexport[gpu] (faiss-gpu-cu12), "
+                f"or sees no GPU (GPUs visible to FAISS: {ngpu}). Install adexport[gpu] (faiss-gpu-cuvs), "
                 "or use --bank-device cpu."
             )
         res = faiss.StandardGpuResources()
-        gpu_index = faiss.index_cpu_to_gpu(res, 0, index)
+        try:
+            gpu_index = faiss.index_cpu_to_gpu(res, 0, index)
+        except RuntimeError:
+            raise ProviderError(f"FAISS has no GPU version of this bank's index ({_describe(index)}; HNSW and flat "
+                                "scalar quantizers search on the CPU only); use --bank-device cpu, or export with "
+                                "Flat or an IVF index type") from None
         bank = cls(gpu_index, faiss, "faiss-gpu")
         bank._resources = res  # keep the GPU resources alive as long as the index
         bank._cpu_index = index  # reconstruct from the CPU copy: not every GPU index supports it
@@ -141,13 +197,92 @@ class FaissBank:
         return index.reconstruct_batch(ids)
 
 
-def load_bank(path: str | Path, fmt: str, device: str = "cpu") -> Bank:
-    """Open a bank file written by export: ``fmt`` is ``faiss`` or ``npz``."""
+def _read_index(faiss: Any, path: str | Path) -> Any:
+    try:
+        index = faiss.read_index(str(path))
+    except RuntimeError as exc:
+        raise BundleError(f"FAISS could not read {str(path)!r}: {exc}") from None
+    metric = getattr(index, "metric_type", faiss.METRIC_L2)
+    if metric != faiss.METRIC_L2:
+        raise BundleError(f"{str(path)!r} is not an L2 index (metric_type={metric}); adexport banks are L2")
+    ivf = faiss.try_extract_index_ivf(index) if hasattr(faiss, "try_extract_index_ivf") else None
+    if ivf is not None:
+        ivf.make_direct_map()  # IVF indices reconstruct by id only with a direct map
+    return index
+
+
+class ShardedBank:
+    """A bank split over several FAISS index files, searched as one ``IndexShards`` whose ids run
+    on from shard to shard (``successive_ids``): the results are those of the unsharded bank."""
+
+    backend = "faiss-cpu (sharded)"
+
+    def __init__(self, parts: list[Any], faiss: Any):
+        dim = int(parts[0].d)
+        self.index = faiss.IndexShards(dim, False, True)  # not threaded: FAISS's own threads do the work
+        for part in parts:
+            self.index.add_shard(part)
+        self._parts = parts  # the shard container does not own the Python wrappers
+        self.offsets = np.cumsum([0] + [int(p.ntotal) for p in parts])
+        self.size, self.dim = int(self.offsets[-1]), dim
+
+    @classmethod
+    def load(cls, paths: list[Path], device: str = "cpu", search_params: dict[str, float] | None = None) -> "ShardedBank":
+        if device != "cpu":
+            raise ProviderError("a sharded memory bank is searched on the CPU in this release; use --bank-device cpu")
+        faiss = import_faiss()
+        parts = [_read_index(faiss, p) for p in paths]
+        if len({int(p.d) for p in parts}) != 1:
+            raise BundleError(f"the bank's shards have different dimensions: {[int(p.d) for p in parts]}; re-export it")
+        bank = cls(parts, faiss)
+        apply_search_params(bank.index, search_params)
+        return bank
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        d2, ids = self.index.search(q, min(k, self.size))
+        return squared_to_distance(d2), ids
+
+    def reconstruct(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.ascontiguousarray(ids, dtype=np.int64).ravel()
+        shard = np.searchsorted(self.offsets, ids, side="right") - 1
+        out = np.empty((len(ids), self.dim), np.float32)
+        for s in np.unique(shard):
+            sel = shard == s
+            out[sel] = self._parts[s].reconstruct_batch(ids[sel] - self.offsets[s])
+        return out
+
+
+def load_bank(path: str | Path | list[Path], fmt: str, device: str = "cpu",
+              search_params: dict[str, float] | None = None) -> Bank:
+    """Open a bank written by export: ``fmt`` is ``faiss`` or ``npz``; a list of paths is a
+    sharded FAISS bank."""
     if fmt == "faiss":
-        return FaissBank.load(path, device)
+        if isinstance(path, list):
+            return ShardedBank.load(path, device, search_params)
+        return FaissBank.load(path, device, search_params)
+    if search_params:
+        raise ConfigError(f"search parameters ({', '.join(search_params)}) apply to approximate FAISS indices; this "
+                          f"bank is {fmt!r}, searched exactly: drop --search-param")
     if fmt == "npz":
         if device != "cpu":
             raise ProviderError("an npz memory bank is searched with numpy on the CPU; use --bank-device cpu "
                                 "or export with the FAISS bank (--bank faiss) for GPU search")
         return NumpyBank.load(path)
     raise BundleError(f"memory bank format {fmt!r} is not known; valid: faiss, npz")
+
+
+def open_bank(bundle_dir: Path, manifest: dict[str, Any], bank: dict[str, Any], device: str = "cpu",
+              search_params: dict[str, float] | None = None, *, what: str = "scoring.bank") -> Bank:
+    """The bank a manifest section describes (``file`` or ``shards``, ``format``), with the
+    manifest's search parameters overridden by ``search_params``. Every file (each shard too) is
+    opened through :func:`adx_runtime.bundle.bundle_file`: listed, checksummed, inside the bundle."""
+    from adx_runtime.bundle import bundle_file  # noqa: PLC0415
+
+    params = {**(bank.get("search_params") or {}), **(search_params or {})}
+    if bank.get("shards"):
+        path: Path | list[Path] = [bundle_file(bundle_dir, manifest, s["file"], what=f"{what}.shards[{i}].file")
+                                   for i, s in enumerate(bank["shards"])]
+    else:
+        path = bundle_file(bundle_dir, manifest, bank["file"], what=f"{what}.file")
+    return load_bank(path, bank["format"], device, params)

@@ -123,6 +123,7 @@ class Predictor:
         threads: int = 0,
         export_in_progress: bool = False,
         graph: bool = True,
+        search_params: dict[str, float] | None = None,
     ) -> "Predictor":
         """Verify and open a bundle.
 
@@ -135,6 +136,8 @@ class Predictor:
             threshold: raw image threshold overriding the calibrated one; must be a finite number.
             export_in_progress: only for export's parity check, which loads the bundle before its
                 parity section exists.
+            search_params: FAISS search parameters (``nprobe``, ``efSearch``) overriding the
+                manifest's, for bundles with an approximate index.
         """
         root = Path(bundle)
         if threshold is not None and not math.isfinite(threshold):
@@ -151,7 +154,7 @@ class Predictor:
                 graph_path = bundle_file(root, manifest, manifest["graph"]["file"], what="graph.file")
                 session = create_session(graph_path, device, threads=threads, trt_options=trt_options)
                 check_graph_signature(session, manifest, root)
-            scorer = create_scorer(root, manifest, bank_device)
+            scorer = create_scorer(root, manifest, bank_device, search_params)
             return cls(root, manifest, session, scorer, threshold, device)
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             # The types the runtime reads are checked in read_manifest; this is the net under that

@@ -65,7 +65,8 @@ def require_provider(device: str) -> str:
     provider = check_device(device)
     available = ort.get_available_providers()
     if provider not in available:
-        extra = "adexport[gpu] (onnxruntime-gpu, CUDA 12)" if device != "cpu" else "adexport[cpu]"
+        extra = {"cpu": "adexport[cpu]", "cuda": "adexport[gpu] (onnxruntime-gpu, CUDA 13)"}.get(
+            device, "adexport[gpu,tensorrt] (onnxruntime-gpu and TensorRT 10, CUDA 13)")
         raise ProviderError(
             f"--device {device} needs ONNX Runtime's {provider}, which this ONNX Runtime build lacks "
             f"(available: {', '.join(available)}). Install {extra}, or choose --device "
@@ -122,7 +123,7 @@ def create_session(
     if not active or active[0] != provider:
         raise ProviderError(
             f"asked for {provider} but ONNX Runtime started the session on {active} instead "
-            "(the GPU provider failed to load: check the NVIDIA driver, CUDA 12 and cuDNN libraries, "
+            "(the GPU provider failed to load: check the NVIDIA driver, CUDA 13 and cuDNN libraries, "
             "e.g. with `python -c \"import onnxruntime as o; o.preload_dlls()\"`). Refusing to run on "
             "a device you did not ask for."
         )

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from adx_runtime.errors import BundleError
+from adx_runtime.errors import BundleError, ConfigError
 
 
 @dataclass
@@ -47,8 +47,14 @@ SCORERS: dict[str, str] = {
 }
 
 
-def create_scorer(bundle_dir: Path, manifest: dict[str, Any], bank_device: str) -> Scorer:
-    """The scorer for ``manifest["scoring"]["kind"]``, loaded with the bundle's scoring data."""
+#: Kinds that search a FAISS index and so take search parameters (``nprobe``, ``efSearch``).
+SEARCHING_KINDS = ("knn", "gallery")
+
+
+def create_scorer(bundle_dir: Path, manifest: dict[str, Any], bank_device: str,
+                  search_params: dict[str, float] | None = None) -> Scorer:
+    """The scorer for ``manifest["scoring"]["kind"]``, loaded with the bundle's scoring data;
+    ``search_params`` override the manifest's FAISS search parameters."""
     kind = manifest["scoring"].get("kind")
     if kind not in SCORERS:
         raise BundleError(
@@ -56,4 +62,11 @@ def create_scorer(bundle_dir: Path, manifest: dict[str, Any], bank_device: str) 
             f"known: {', '.join(SCORERS)}. Upgrade adexport or re-export the bundle."
         )
     module, cls = SCORERS[kind].split(":")
-    return getattr(importlib.import_module(module), cls)(bundle_dir, manifest, bank_device)
+    extra: dict[str, Any] = {}
+    if search_params:
+        if kind not in SEARCHING_KINDS:
+            raise ConfigError(f"--search-param {', '.join(search_params)} applies to bundles that search a FAISS index "
+                              f"(kinds {', '.join(SEARCHING_KINDS)}); this {manifest.get('method')} bundle scores with "
+                              f"kind {kind!r}: drop it")
+        extra["search_params"] = search_params
+    return getattr(importlib.import_module(module), cls)(bundle_dir, manifest, bank_device, **extra)

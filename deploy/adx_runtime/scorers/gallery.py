@@ -1,7 +1,8 @@
 """SPADE scoring (Cohen & Hoshen 2020).
 
 Image score: mean distance to the ``k`` nearest training image features (FAISS). Pixel level: for
-each position, the distance to the nearest feature at any position of those ``k`` images, computed
+each position, the distance to the nearest feature at any position of the ``k_pixel`` nearest of
+those images (``k_pixel = k`` in bundles that do not record it), computed
 image by image as ``min_j ||q - g_j||`` with ``||q||^2 - 2 q.g + ||g||^2`` (gallery norms
 precomputed at load).
 """
@@ -14,21 +15,24 @@ from typing import Any
 import numpy as np
 
 from adx_runtime.bundle import bundle_file
-from adx_runtime.errors import BundleError
-from adx_runtime.knn import load_bank, squared_to_distance
+from adx_runtime.errors import BundleError, ConfigError
+from adx_runtime.knn import open_bank, squared_to_distance
 from adx_runtime.scorers import ScoreOutput
 
 
 class GalleryScorer:
-    def __init__(self, bundle_dir: Path, manifest: dict[str, Any], bank_device: str):
+    def __init__(self, bundle_dir: Path, manifest: dict[str, Any], bank_device: str,
+                 search_params: dict[str, float] | None = None):
         s = manifest["scoring"]
         try:
             self.image_output, self.map_output = s["image_output"], s["map_output"]
             self.grid = tuple(manifest["postprocess"]["patch_grid"])
             self.k = int(s["k"])
+            self.k_pixel = int(s.get("k_pixel", self.k))  # bundles before k_pixel compared with all k
             g = s["gallery"]
-            self.images = load_bank(bundle_file(bundle_dir, manifest, g["images_file"], what="scoring.gallery.images_file"),
-                                    "faiss", bank_device)
+            bank = g.get("images_bank") or {"file": g["images_file"], "format": "faiss"}
+            self.images = open_bank(Path(bundle_dir), manifest, bank, bank_device, search_params,
+                                    what="scoring.gallery.images_bank")
             with np.load(bundle_file(bundle_dir, manifest, g["maps_file"], what="scoring.gallery.maps_file"),
                          allow_pickle=False) as data:
                 self.maps = np.ascontiguousarray(data["feature_maps"], dtype=np.float32)  # (N, h*w, D)
@@ -56,5 +60,8 @@ class GalleryScorer:
     def __call__(self, outputs: dict[str, np.ndarray]) -> ScoreOutput:
         img, fmap = outputs[self.image_output], outputs[self.map_output]
         dist, ids = self.images.search(img, self.k)
-        patch = np.stack([self.pixel_distances(fmap[b], ids[b]) for b in range(len(img))])
+        if (ids < 0).any():
+            raise ConfigError(f"the approximate image gallery returned fewer than k = {self.k} neighbours; raise its "
+                              "search breadth, e.g. --search-param nprobe=8")
+        patch = np.stack([self.pixel_distances(fmap[b], ids[b, : self.k_pixel]) for b in range(len(img))])
         return ScoreOutput(patch.reshape(len(img), *self.grid), dist.mean(axis=1).astype(np.float32))

@@ -17,15 +17,19 @@ from typing import Any
 
 import numpy as np
 
-from adx_runtime.bundle import bundle_file
-from adx_runtime.errors import BundleError
-from adx_runtime.knn import load_bank
+from adx_runtime.errors import BundleError, ConfigError
+from adx_runtime.knn import open_bank
 from adx_runtime.scorers import ScoreOutput
 
 
-def reweight(m_test: np.ndarray, support: np.ndarray, s_star: np.ndarray) -> np.ndarray:
-    """Eq. 7. ``m_test (B, D)``, ``support (B, b, D)`` with ``m*`` first, ``s_star (B,)`` -> ``(B,)``."""
+def reweight(m_test: np.ndarray, support: np.ndarray, s_star: np.ndarray,
+             found: np.ndarray | None = None) -> np.ndarray:
+    """Eq. 7. ``m_test (B, D)``, ``support (B, b, D)`` with ``m*`` first, ``s_star (B,)`` -> ``(B,)``.
+    ``found (B, b)``: which support vectors the index returned (an IVF index probing few lists may
+    return fewer than ``b``); the missing ones are left out of the softmax."""
     d = np.linalg.norm(support.astype(np.float64) - m_test[:, None, :].astype(np.float64), axis=-1)  # (B, b)
+    if found is not None:
+        d = np.where(found, d, -np.inf)
     d -= d.max(axis=1, keepdims=True)  # softmax is shift invariant; keeps exp finite
     e = np.exp(d)
     weight = 1.0 - e[:, 0] / e.sum(axis=1)
@@ -33,15 +37,14 @@ def reweight(m_test: np.ndarray, support: np.ndarray, s_star: np.ndarray) -> np.
 
 
 class KnnScorer:
-    def __init__(self, bundle_dir: Path, manifest: dict[str, Any], bank_device: str):
+    def __init__(self, bundle_dir: Path, manifest: dict[str, Any], bank_device: str,
+                 search_params: dict[str, float] | None = None):
         s = manifest["scoring"]
         try:
             self.feature_output = s["feature_output"]
             self.grid = tuple(manifest["postprocess"]["patch_grid"])
             self.num_neighbors = int(s["num_neighbors"])
-            bank = s["bank"]
-            self.bank = load_bank(bundle_file(bundle_dir, manifest, bank["file"], what="scoring.bank.file"), bank["format"],
-                                  bank_device)
+            self.bank = open_bank(Path(bundle_dir), manifest, s["bank"], bank_device, search_params)
         except KeyError as exc:
             raise BundleError(f"manifest scoring section lacks {exc.args[0]!r}; re-export the bundle") from None
         self.backend = self.bank.backend
@@ -56,6 +59,11 @@ class KnnScorer:
                 "the graph and bank do not belong together"
             )
         dist, ids = self.bank.search(feats.reshape(B * N, D), 1)
+        if (ids[:, 0] < 0).any():
+            raise ConfigError(
+                f"the approximate bank found no neighbour for {int((ids[:, 0] < 0).sum())} of {B * N} patches (its "
+                "probed lists were empty); raise its search breadth, e.g. --search-param nprobe=8"
+            )
         patch = dist[:, 0].reshape(B, N)
         nn = ids[:, 0].reshape(B, N)
         rows = np.arange(B)
@@ -65,8 +73,9 @@ class KnnScorer:
             m_test = feats[rows, star]  # (B, D)
             m_star = self.bank.reconstruct(nn[rows, star])  # (B, D)
             _, support_ids = self.bank.search(m_star, self.num_neighbors)  # (B, b), m* itself first
-            support = self.bank.reconstruct(support_ids.ravel()).reshape(B, -1, D)
-            image = reweight(m_test, support, s_star)
+            found = support_ids >= 0
+            support = self.bank.reconstruct(np.where(found, support_ids, 0).ravel()).reshape(B, -1, D)
+            image = reweight(m_test, support, s_star, found)
         else:
             image = s_star.astype(np.float32)
         return ScoreOutput(patch.reshape(B, h, w).astype(np.float32), image)
