@@ -267,7 +267,6 @@ def test_approximate_index_gets_the_looser_tolerance(model_dir: Path, tmp_path: 
     assert approx["passed"] and approx["recall_at_1"] >= 0.5 and approx["queries"] == 4 * 64
 
 
-
 # ------------------------------------------------------------------ --overwrite replaces only a bundle
 def test_overwrite_refuses_a_folder_that_is_not_a_bundle(model_dir: Path, tmp_path: Path) -> None:
     notes = tmp_path / "notes"

@@ -67,7 +67,7 @@ class CutPasteConfig(TrainingOptions):
     patch_stride: int = 8  # patch level: stride of the dense patch grid (paper: 4 at 256 px)
     patches_per_image: int = 4  # patch level: random patches cropped from each image per training step
     jitter: float = 0.1  # colour jitter (brightness, contrast, saturation, hue) of each image and of the pasted patch
-    epochs: int = 40  # passes over the images; one optimiser step each for 48 images at batch 32 (about 3.5 min here; the paper: 256 steps per epoch, the seed's run 10,000 steps on a GPU)
+    epochs: int = 40  # passes over the images; one optimiser step each for 48 images at batch 32 (134 s for a demo category on one core; the paper: 256 steps per epoch, the seed's run 10,000 steps on a GPU)
     batch_size: int = 32  # images read per step, each augmented into every class of the variant (paper: 32)
     optimizer: str = "sgd"  # paper: SGD
     lr: float = 0.03  # paper: 0.03
