@@ -413,3 +413,12 @@ def test_anomalies_do_not_import_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_scar_sizes_scale_the_papers_pixels_with_the_image_side() -> None:
+    from adx_synth.anomalies import scar_sizes
+
+    assert scar_sizes(256) == ((2, 16), (10, 25))  # the paper's, at its 256 px
+    assert scar_sizes(128) == ((1, 8), (5, 12))
+    assert scar_sizes(32) == ((1, 2), (1, 3))
+    assert scar_sizes(8) == ((1, 1), (1, 1))  # never an empty range

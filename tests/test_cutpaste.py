@@ -18,8 +18,7 @@ from conftest import CATEGORY, TINY_TRAINED, list_test_images
 from adexport.export import export_bundle
 from adexport.fitted import load_fitted, save_fitted
 from adexport.methods.base import make_config
-from adexport.methods.cutpaste import (CutPasteConfig, CutPasteNet, Encoder, PatchEmbedding, fit, make_augment,
-                                       scar_sizes)
+from adexport.methods.cutpaste import CutPasteConfig, CutPasteNet, Encoder, PatchEmbedding, fit, make_augment
 from adexport.methods.density import ledoit_wolf_gaussian, mahalanobis as torch_mahalanobis
 from adexport.train import train
 from adx_runtime.datasets import load_split
@@ -147,13 +146,6 @@ def test_augmentation_gives_every_class_of_the_variant_with_labels() -> None:
         assert out["label"].tolist() == [c for c in range(classes) for _ in range(4)]
     out = make_augment(make_config(CutPasteConfig, {**PATCH, "patches_per_image": 3}))(images, np.random.default_rng(1))
     assert out["image"].shape == (4 * 3 * 3, 16, 16, 3)
-
-
-def test_scar_sizes_scale_with_the_image_side() -> None:
-    assert scar_sizes(256) == ((2, 16), (10, 25))
-    assert scar_sizes(128) == ((1, 8), (5, 12))
-    (w_lo, w_hi), (h_lo, h_hi) = scar_sizes(32)
-    assert 1 <= w_lo <= w_hi <= 16 and 1 <= h_lo <= h_hi <= 16
 
 
 def test_training_smoke_loss_falls(dataset: Path) -> None:

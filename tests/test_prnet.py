@@ -219,11 +219,6 @@ def test_config_refuses_bad_options_and_sizes() -> None:
         prnet.build_graph(config, encoder, [])
 
 
-def test_scar_ranges_scale_with_the_image() -> None:
-    assert prnet.scar_ranges(256) == ((2, 16), (10, 25))
-    assert prnet.scar_ranges(128) == ((1, 8), (5, 12))
-
-
 def test_training_category_comes_from_the_path(dataset: Path) -> None:
     samples = load_split(dataset, CATEGORY, need_test=False).train
     assert prnet.training_category(samples) == CATEGORY

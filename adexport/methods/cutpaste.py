@@ -50,7 +50,6 @@ from adx_runtime.progress import SILENT, Progress
 VARIANTS = ("normal", "scar", "3way")  # the paper's names: "normal" is plain CutPaste
 LEVELS = ("image", "patch")
 HEAD_WIDTH, HEAD_BOTTLENECK = 512, 128  # the seed's projection head: head_layers x 512, then 128, then classes
-PAPER_SIZE = 256  # the paper's image side, which its scar sizes in pixels refer to
 
 
 @dataclass
@@ -195,23 +194,12 @@ class PatchEmbedding(nn.Module):
         return emb.reshape(-1, n, self.encoder.dim)
 
 
-def scar_sizes(side: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """The paper's scar width 2-16 px and height 10-25 px (for 256 px images), scaled to ``side`` and
-    kept inside it."""
-    f = side / PAPER_SIZE
-    hi_h = max(2, min(round(25 * f), side // 2))
-    lo_h = max(1, min(round(10 * f), hi_h))
-    hi_w = max(1, min(round(16 * f), side // 2))
-    lo_w = max(1, min(round(2 * f), hi_w))
-    return (lo_w, hi_w), (lo_h, hi_h)
-
-
 def make_augment(config: CutPasteConfig):
     """The training augmentation: uint8 images ``(B, H, W, C)`` -> every class of the variant, with labels.
 
     Patch level: ``patches_per_image`` random crops per image first, then the augmentation on each crop
     (its area and scar ranges relative to the patch)."""
-    from adx_synth.anomalies import cutpaste_batch  # noqa: PLC0415
+    from adx_synth.anomalies import cutpaste_batch, scar_sizes  # noqa: PLC0415
 
     side = config.patch_size if config.level == "patch" else config.image_size
     scar_width, scar_height = scar_sizes(config.image_size)

@@ -95,10 +95,8 @@ FOCAL_WEIGHT = 5.0  # weight of the focal term against SmoothL1 (reference)
 FOCAL_ALPHA = 0.5  # focal loss alpha (reference)
 FOCAL_GAMMA = 4.0  # focal loss gamma (reference)
 KMEANS_ITERATIONS = 100  # Lloyd iterations at most (stops earlier when the assignment is stable)
-PAPER_IMAGE_SIZE = 256  # the scar ranges and the top-k image score are given at this size
+PAPER_IMAGE_SIZE = 256  # the image side the paper's top-k image score is given for
 PAPER_TOP_K = 100  # image score: mean of the k largest map pixels at 256 px
-SCAR_WIDTH = (2, 16)
-SCAR_HEIGHT = (10, 25)
 
 
 # --------------------------------------------------------------------------------------------
@@ -519,25 +517,14 @@ def paper_top_k(image_size: int) -> int:
     return max(1, round(PAPER_TOP_K * (image_size / PAPER_IMAGE_SIZE) ** 2))
 
 
-def scar_ranges(image_size: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """The scar width and height ranges (pixels at 256 px) scaled to ``image_size``."""
-    s = image_size / PAPER_IMAGE_SIZE
-
-    def scale(r: tuple[int, int]) -> tuple[int, int]:
-        lo = max(1, round(r[0] * s))
-        return lo, max(lo, round(r[1] * s))
-
-    return scale(SCAR_WIDTH), scale(SCAR_HEIGHT)
-
-
 def make_augment(textures: Any, image_size: int, *, p_anomaly: float, real: RealAnomalies | None = None,
                  p_real: float = 0.0) -> Augment:
     """``augment(raw (B, H, W, C) uint8, rng) -> {"image", "mask" (B, 1, H, W) float32}``: synthetic
     anomalies (``adx_synth.anomalies.anomaly_batch``), then each image replaced by a random real
     anomaly with probability ``p_real``. Every draw comes from ``rng``."""
-    from adx_synth.anomalies import anomaly_batch  # noqa: PLC0415
+    from adx_synth.anomalies import anomaly_batch, scar_sizes  # noqa: PLC0415
 
-    scar_width, scar_height = scar_ranges(image_size)
+    scar_width, scar_height = scar_sizes(image_size)
 
     def augment(raw: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
         out = anomaly_batch(raw, rng, textures=textures, p_anomaly=p_anomaly, scar_width=scar_width,

@@ -54,6 +54,7 @@ __all__ = [
     "perlin_noise",
     "preview_grid",
     "scar",
+    "scar_sizes",
     "texture_anomaly",
     "write_preview",
 ]
@@ -320,6 +321,22 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "scar": ("normal", "scar"),
     "3way": ("normal", "cutpaste", "scar"),
 }
+
+
+#: The paper's scar sizes in pixels (Li et al. 2021, sec. 3.1), for its 256 x 256 images.
+SCAR_WIDTH, SCAR_HEIGHT, SCAR_IMAGE_SIZE = (2, 16), (10, 25), 256
+
+
+def scar_sizes(side: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The paper's scar width and height ranges, 2-16 and 10-25 px at 256 px, scaled to an image of
+    ``side`` pixels: ``(width_range, height_range)``, each ``(lo, hi)`` with ``1 <= lo <= hi``."""
+    f = side / SCAR_IMAGE_SIZE
+
+    def scale(r: tuple[int, int]) -> tuple[int, int]:
+        hi = max(1, round(r[1] * f))
+        return min(max(1, round(r[0] * f)), hi), hi
+
+    return scale(SCAR_WIDTH), scale(SCAR_HEIGHT)
 
 
 def cutpaste_batch(
@@ -773,9 +790,7 @@ def write_preview(
         np.asarray(decode_image(s.path).resize((image_size, image_size), Image.Resampling.BILINEAR))
         for s in split.train[:n]
     ]
-    s = image_size / 256
-    width = (max(1, round(2 * s)), max(1, round(16 * s)))
-    height = (max(1, round(10 * s)), max(1, round(25 * s)))
+    width, height = scar_sizes(image_size)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
