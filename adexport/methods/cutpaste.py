@@ -40,7 +40,7 @@ from adexport.backbones import DEFAULT_BACKBONE, BackboneInfo, FeatureExtractor,
 from adexport.methods.base import (TOLERANCE_EXACT, ExportProperties, FittedMethod, Reference, backbone_and_preprocess, config_from_dict, graph_tensors,
                                    load_graph_tensors, run_graph)
 from adexport.methods.density import ledoit_wolf_gaussian, mahalanobis, write_gaussian
-from adexport.training import EpochDataset, TrainingOptions, TrainingRun, run_identity, train_network
+from adexport.training import Augment, EpochDataset, TrainingOptions, TrainingRun, run_identity, train_network
 from adx_runtime.datasets import Sample
 from adx_runtime.errors import ConfigError
 from adx_runtime.postprocess import PostprocessSpec
@@ -194,7 +194,7 @@ class PatchEmbedding(nn.Module):
         return emb.reshape(-1, n, self.encoder.dim)
 
 
-def make_augment(config: CutPasteConfig):
+def make_augment(config: CutPasteConfig) -> Augment:
     """The training augmentation: uint8 images ``(B, H, W, C)`` -> every class of the variant, with labels.
 
     Patch level: ``patches_per_image`` random crops per image first, then the augmentation on each crop
@@ -202,9 +202,8 @@ def make_augment(config: CutPasteConfig):
     from adx_synth.anomalies import cutpaste_batch, scar_sizes  # noqa: PLC0415
 
     side = config.patch_size if config.level == "patch" else config.image_size
-    scar_width, scar_height = scar_sizes(config.image_size)
-    scar_height = (min(scar_height[0], side // 2), min(scar_height[1], side // 2))
-    scar_width = (min(scar_width[0], side // 2), min(scar_width[1], side // 2))
+    # the paper's pixel sizes at the image's resolution, kept within half the (patch) side
+    scar_width, scar_height = (tuple(min(v, side // 2) for v in r) for r in scar_sizes(config.image_size))
 
     def augment(images: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
         if config.level == "patch":
