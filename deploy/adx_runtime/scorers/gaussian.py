@@ -52,8 +52,8 @@ class GaussianScorer:
         except KeyError as exc:
             raise BundleError(f"Gaussian bundle lacks {exc.args[0]!r} in its scoring data; re-export it") from None
         P, d = self.mean.shape
-        positions = self.grid[0] * self.grid[1] if self.grid else 1
-        if packed.shape != (P, d * (d + 1) // 2) or P not in (1, positions):
+        self.positions = self.grid[0] * self.grid[1] if self.grid else 1
+        if packed.shape != (P, d * (d + 1) // 2) or P not in (1, self.positions):
             raise BundleError(f"Gaussian statistics do not fit together: mean {self.mean.shape}, packed Cholesky "
                               f"{packed.shape}, grid {self.grid}")
         self.chol = np.zeros((P, d, d), np.float32)
@@ -64,9 +64,8 @@ class GaussianScorer:
         emb = outputs[self.output]
         if emb.ndim == 2:  # (B, d): one embedding per image
             emb = emb[:, None, :]
-        positions = self.grid[0] * self.grid[1] if self.grid else 1
-        if emb.shape[1:] != (positions, self.mean.shape[1]):
-            raise BundleError(f"graph gave embeddings {emb.shape}, the statistics expect (B, {positions}, "
+        if emb.shape[1:] != (self.positions, self.mean.shape[1]):
+            raise BundleError(f"graph gave embeddings {emb.shape}, the statistics expect (B, {self.positions}, "
                               f"{self.mean.shape[1]})")
         dist = mahalanobis(emb, self.mean, self.chol).astype(np.float32)
         if self.grid is None:
