@@ -187,14 +187,18 @@ class FaissBank:
         return bank
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        q = np.ascontiguousarray(queries, dtype=np.float32)
-        d2, ids = self.index.search(q, min(k, self.size))
-        return squared_to_distance(d2), ids
+        return _faiss_search(self.index, queries, min(k, self.size))
 
     def reconstruct(self, ids: np.ndarray) -> np.ndarray:
         index = getattr(self, "_cpu_index", self.index)
         ids = np.ascontiguousarray(ids, dtype=np.int64).ravel()
         return index.reconstruct_batch(ids)
+
+
+def _faiss_search(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """L2 distances and ids ``(Q, k)`` from a FAISS index (which returns squared distances)."""
+    d2, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    return squared_to_distance(d2), ids
 
 
 def _read_index(faiss: Any, path: str | Path) -> Any:
@@ -239,9 +243,7 @@ class ShardedBank:
         return bank
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        q = np.ascontiguousarray(queries, dtype=np.float32)
-        d2, ids = self.index.search(q, min(k, self.size))
-        return squared_to_distance(d2), ids
+        return _faiss_search(self.index, queries, min(k, self.size))
 
     def reconstruct(self, ids: np.ndarray) -> np.ndarray:
         ids = np.ascontiguousarray(ids, dtype=np.int64).ravel()
