@@ -17,13 +17,15 @@ timm's ``tf_efficientnet_lite*`` (TF "same" padding, BatchNorm eps 1e-3) with in
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from adx_runtime.errors import ConfigError, DependencyError
@@ -258,3 +260,71 @@ def build_architecture(info: BackboneInfo) -> FeatureExtractor:
     model = _timm().create_model(info.arch, features_only=True, out_indices=info.out_indices, pretrained=False)
     _drop_unused_blocks(model)
     return FeatureExtractor(model.eval(), info)
+
+
+class _SamePaddedConv(torch.autograd.Function):
+    """``conv2d(pad(x, pads))`` that traces to one ONNX ``Conv`` with asymmetric ``pads``.
+
+    ``F.pad`` traces to a ``Pad`` node fed by a ConstantOfShape/Concat/Slice chain that ONNX Runtime
+    neither folds nor fuses into the next Conv (measured); ONNX's Conv takes begin and end pads per
+    axis itself, so the padding costs nothing in the graph."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: tuple[int, int],
+                dilation: tuple[int, int], groups: int, pads: tuple[int, int, int, int]) -> torch.Tensor:
+        return F.conv2d(F.pad(x, pads), weight, bias, stride, 0, dilation, groups)
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, weight: Any, bias: Any, stride: tuple[int, int], dilation: tuple[int, int],
+                 groups: int, pads: tuple[int, int, int, int]) -> Any:
+        left, right, top, bottom = pads
+        inputs = [x, weight] if bias is None else [x, weight, bias]
+        return g.op("Conv", *inputs, kernel_shape_i=list(weight.type().sizes()[-2:]), strides_i=list(stride),
+                    dilations_i=list(dilation), group_i=groups, pads_i=[top, left, bottom, right])
+
+
+@contextlib.contextmanager
+def static_same_padding(graph: nn.Module, example: torch.Tensor) -> Iterator[int]:
+    """While tracing ``graph`` at ``example``'s size, give timm's TF-"same" convolutions constant pads.
+
+    ``tf_efficientnet_lite*`` (the default backbone) pads each stride-2 convolution by an amount
+    computed from the input's shape on every call. Traced, that is a Shape/Gather/Ceil/Sub/Pad chain
+    per layer, which ONNX Runtime can neither fold (the batch axis is dynamic) nor fuse into the Conv;
+    measured on PaDiM's graph at batch 1 (ONNX Runtime's profiler), the shape arithmetic and the
+    Pad nodes took about a quarter of its time. A bundle's graph has a fixed image size, so every
+    layer's padding is a constant: one forward pass at that size records each layer's input size,
+    and the convolutions are traced as single Conv nodes with those pads. The modules are restored
+    on exit, so the fitted model (and its torch reference) is untouched; the arithmetic is the same.
+    Yields how many convolutions were given constant pads.
+    """
+    try:
+        from timm.layers.conv2d_same import Conv2dSame  # noqa: PLC0415
+        from timm.layers.padding import pad_same_arg  # noqa: PLC0415
+    except ImportError:  # a timm without the layer: nothing to do
+        yield 0
+        return
+    sizes: dict[nn.Module, tuple[int, int]] = {}
+
+    def record(module: nn.Module, args: tuple[Any, ...]) -> None:
+        sizes[module] = (int(args[0].shape[-2]), int(args[0].shape[-1]))
+
+    hooks = [m.register_forward_pre_hook(record) for m in graph.modules() if isinstance(m, Conv2dSame)]
+    try:
+        with torch.no_grad():
+            graph(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    for conv, size in sizes.items():
+        pads = tuple(int(p) for p in pad_same_arg(list(size), list(conv.weight.shape[-2:]), conv.stride, conv.dilation))
+
+        def forward(x: torch.Tensor, conv: nn.Module = conv, pads: tuple[int, ...] = pads) -> torch.Tensor:
+            return _SamePaddedConv.apply(x, conv.weight, conv.bias, tuple(conv.stride), tuple(conv.dilation),
+                                         conv.groups, pads)
+
+        conv.forward = forward  # an instance attribute: shadows the class's dynamic-padding forward
+    try:
+        yield len(sizes)
+    finally:
+        for conv in sizes:
+            del conv.forward

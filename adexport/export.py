@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from adexport.backbones import static_same_padding
 from adexport.fitted import load_fitted
 from adexport.methods.base import (EXPORT_OPTIONS, TOLERANCE_EXACT, TOLERANCE_FP16, TOLERANCE_INT8, FittedMethod,
                                    config_to_dict)
@@ -53,14 +54,20 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def export_onnx(fitted: FittedMethod, path: Path, opset: int = DEFAULT_OPSET) -> dict[str, Any]:
-    """Trace the method's graph to ONNX with a dynamic batch axis; returns the manifest ``graph`` section."""
+def export_onnx(fitted: FittedMethod, path: Path, opset: int = DEFAULT_OPSET, *,
+                static_padding: bool = True) -> dict[str, Any]:
+    """Trace the method's graph to ONNX with a dynamic batch axis; returns the manifest ``graph`` section.
+
+    ``static_padding``: trace TF-"same" convolutions with constant pads
+    (:func:`adexport.backbones.static_same_padding`); ``False`` gives the graph earlier releases
+    exported, for benchmarks that compare the two."""
     import onnx  # noqa: PLC0415
 
     graph = fitted.graph().eval().cpu()
     h, w = fitted.preprocess.input_size
     dummy = torch.zeros(2, fitted.preprocess.channels, h, w)  # batch 2 so nothing specialises on a batch of one
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    padding = static_same_padding(graph, dummy) if static_padding else contextlib.nullcontext()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), padding:
         warnings.simplefilter("ignore")  # tracer and deprecation chatter, not actionable for users
         torch.onnx.export(
             graph, (dummy,), str(path), input_names=[INPUT_NAME], output_names=list(fitted.output_names),
@@ -167,6 +174,7 @@ def export_bundle(
     shards: int | None = None,
     accept_approximate: bool | None = None,
     overwrite: bool = False,
+    static_padding: bool = True,
     progress: Progress = SILENT,
 ) -> dict[str, Any]:
     """Write a bundle; returns its manifest.
@@ -187,6 +195,7 @@ def export_bundle(
         shards: split the bank into this many FAISS index files searched as one (``IndexShards``).
         accept_approximate: write the bundle even when the approximate index misses its recall or
             distance tolerance against exact search (measured at export on held-out patches).
+        static_padding: see :func:`export_onnx` (``False`` only to benchmark the earlier graphs).
     """
     if fmt not in FORMATS:
         raise ConfigError(f"export format {fmt!r} is not known; valid: {', '.join(FORMATS)}")
@@ -222,7 +231,7 @@ def export_bundle(
     with atomic_dir(out, overwrite=overwrite) as tmp:
         t0 = time.perf_counter()
         with progress.task("Exporting ONNX graph", None):
-            graph = export_onnx(fitted, tmp / GRAPH_FILE, opset)
+            graph = export_onnx(fitted, tmp / GRAPH_FILE, opset, static_padding=static_padding)
         graph["max_batch"] = max_batch if fmt == "tensorrt" else None
         quantization = None
         tq = time.perf_counter()
