@@ -6,7 +6,9 @@
 Candidates (all exact in float32 up to rounding): an einsum with the inverse covariance; a
 batched matmul with the inverse; a batched matmul with the Cholesky factor L of S^-1 = L L^T
 (then d^2 = ||L^T (x - mu)||^2, a sum of squares, never negative); and the Cholesky factor
-stored as float16 (half the bundle) converted to float32 at load. Run:
+stored as float16 (half the bundle) converted to float32 at load; and the runtime's form, the
+Cholesky factor as column blocks without their zero rows (62.5 % of the bytes at d = 100), over
+one thread and over the threads the runtime uses (``adx_runtime.scorers.gaussian``). Run:
 
     python benchmarks/padim_distance.py [--positions 4096] [--dim 100] [--batch 1,8]
 """
@@ -17,6 +19,8 @@ import argparse
 import time
 
 import numpy as np
+
+from adx_runtime.scorers.gaussian import TriangularBlocks, scorer_threads
 
 
 def main() -> None:
@@ -43,6 +47,11 @@ def main() -> None:
         "matmul, Cholesky": lambda x: _chol(x, chol32),
         "matmul, Cholesky fp16 store": lambda x: _chol(x, chol_from16),
     }
+    rows, cols = np.tril_indices(d)
+    packed = chol32[:, rows, cols]
+    for threads in sorted({1, scorer_threads()}):
+        blocks = TriangularBlocks(packed, d, threads=threads)
+        forms[f"column blocks, {threads} thread{'s' if threads > 1 else ''}"] = lambda x, b=blocks: b.sum_of_squares(x).T
     print(f"positions {P}, dim {d}; store MB: inverse {inv32.nbytes / 1e6:.0f}, Cholesky fp32 {chol32.nbytes / 1e6:.0f} "
           f"(packed triangle {chol32.nbytes / 2e6:.0f}), fp16 {chol16.nbytes / 1e6:.0f}")
     for b in [int(v) for v in args.batch.split(",")]:

@@ -103,6 +103,54 @@ def test_padim_scorer_equals_the_mahalanobis_definition() -> None:
         np.testing.assert_allclose(got[:, p], expected, rtol=1e-5)
 
 
+@pytest.mark.parametrize("d", [1, 7, 25, 26, 100, 131])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_triangular_blocks_equal_the_full_factor(d: int, threads: int) -> None:
+    """The runtime keeps L as column blocks without their zero rows, split over threads; the
+    distances must be those of the full lower-triangular matrices, for any d and thread count,
+    from a float32 or a float16 store."""
+    from adx_runtime.scorers.gaussian import TriangularBlocks, mahalanobis
+
+    rng = np.random.default_rng(d)
+    P = 37  # not a multiple of the threads or of the load chunk below
+    full = np.tril(rng.standard_normal((P, d, d))).astype(np.float32)
+    rows, cols = np.tril_indices(d)
+    mean = rng.standard_normal((P, d)).astype(np.float32)
+    emb = rng.standard_normal((3, P, d)).astype(np.float32)
+    for store in (np.float32, np.float16):
+        packed = full[:, rows, cols].astype(store)
+        blocks = TriangularBlocks(packed, d, threads=threads, chunk=8)
+        expected = mahalanobis(emb, mean, _unpack(packed, d))
+        assert blocks.nbytes <= full.nbytes
+        for b in (1, 3):  # batch 1 (the bandwidth-bound case) and a batch
+            np.testing.assert_allclose(mahalanobis(emb[:b], mean, blocks), expected[:b], rtol=2e-5, atol=1e-6)
+
+
+def _unpack(packed: np.ndarray, d: int) -> np.ndarray:
+    out = np.zeros((len(packed), d, d), np.float32)
+    out[:, *np.tril_indices(d)] = packed
+    return out
+
+
+def test_padim_graph_selects_channels_as_from_the_full_concatenation() -> None:
+    """The graph picks each stage's channels before upsampling; the embedding must be the paper's:
+    all stages at the first one's resolution, concatenated, then the channel subset."""
+    import torch.nn.functional as F
+
+    from adexport.backbones import create_backbone
+    from adexport.methods.padim import PadimGraph, channel_subset
+
+    extractor = create_backbone("test_efficientnet", layers=(1, 2, 3), weights="random").eval()
+    channels = channel_subset(sum(extractor.info.channels), 20, seed=3)
+    graph = PadimGraph(extractor, (64, 64), channels).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        feats = extractor(x)
+        full = torch.cat([feats[0]] + [F.interpolate(f, size=graph.grid, mode="nearest") for f in feats[1:]], dim=1)
+        expected = full.index_select(1, channels).flatten(2).transpose(1, 2)
+        torch.testing.assert_close(graph(x), expected, rtol=0, atol=0)
+
+
 def test_padim_channel_subset_is_seeded() -> None:
     from adexport.methods.padim import channel_subset
 
@@ -195,3 +243,28 @@ def test_int8_export_passes_parity_or_is_refused_with_the_reason(exported, tmp_p
         return
     m = export_bundle(root / "model", tmp_path / "b", quantize="int8", calibration_images=4)
     assert m["parity"]["passed"] and m["quantization"]["op_types_quantized"]
+
+
+def test_triangular_blocks_score_in_a_forked_child() -> None:
+    """Worker threads do not survive a fork: a predictor loaded before forking (serving) must
+    still score in the child instead of waiting forever on threads that are not there."""
+    import multiprocessing
+
+    from adx_runtime.scorers.gaussian import TriangularBlocks
+
+    rng = np.random.default_rng(0)
+    d, P = 30, 50
+    blocks = TriangularBlocks(rng.standard_normal((P, d * (d + 1) // 2)).astype(np.float32), d, threads=2)
+    x = rng.standard_normal((P, 1, d)).astype(np.float32)
+    expected = blocks.sum_of_squares(x)  # starts the threads in this process
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=lambda: child.send(blocks.sum_of_squares(x)))  # fork: nothing is pickled
+    proc.start()
+    try:
+        assert parent.poll(60), "the forked child did not score within 60 s"
+        np.testing.assert_allclose(parent.recv(), expected, rtol=1e-6)
+    finally:
+        proc.join(5)
+        if proc.is_alive():
+            proc.kill()

@@ -83,11 +83,25 @@ class PadimGraph(nn.Module):
         stride = extractor.info.strides[0]
         self.grid = (image_size[0] // stride, image_size[1] // stride)
         self.register_buffer("channels", channels.long(), persistent=True)
+        # The subset split by stage (offsets into each stage's channels): each stage keeps its own
+        # channels before the deeper ones are upsampled, so only d channels are resized and
+        # concatenated, not all of them. The subset is sorted, so the order is the same as selecting
+        # from the full concatenation.
+        bounds = np.cumsum([0, *extractor.info.channels])
+        for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+            picked = channels[(channels >= int(lo)) & (channels < int(hi))].long() - int(lo)
+            self.register_buffer(f"stage{i}_channels", picked, persistent=False)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         feats = self.extractor(image)
-        feats = [feats[0]] + [F.interpolate(f, size=self.grid, mode="nearest") for f in feats[1:]]
-        z = torch.cat(feats, dim=1).index_select(1, self.channels)
+        kept = []
+        for i, f in enumerate(feats):
+            idx = getattr(self, f"stage{i}_channels")
+            if len(idx) == 0:
+                continue
+            f = f.index_select(1, idx)
+            kept.append(f if i == 0 else F.interpolate(f, size=self.grid, mode="nearest"))
+        z = torch.cat(kept, dim=1) if len(kept) > 1 else kept[0]
         return z.flatten(2).transpose(1, 2)
 
 
