@@ -227,6 +227,57 @@ def test_spade_k_pixel_searches_the_nearest_images_only(spade_fitted, dataset: P
         np.testing.assert_allclose(got[b], ref, rtol=1e-4, atol=1e-4)
 
 
+def test_spade_pixel_coreset_is_a_greedy_coreset_searched_exactly(dataset: Path, tmp_path: Path) -> None:
+    """pixel_coreset r: the bundle holds r of all training map vectors (the greedy coreset of them,
+    not a random subset) in one exact index, and each position's score is its distance to the
+    nearest of them (numpy brute force); the image score is the k-nearest-images one, unchanged."""
+    import torch
+
+    from adexport.coreset import greedy_coreset
+    from adexport.train import train
+    from adx_runtime.preprocess import load_image, stack
+
+    from conftest import TINY
+
+    fitted = train(dataset, "weave", "spade", options={**TINY, "k": 5, "pixel_coreset": 0.1}, holdout=0.25)
+    N, HW, D = fitted.feature_maps.shape
+    vectors = fitted.feature_maps.numpy().reshape(N * HW, D)
+    expected = vectors[greedy_coreset(vectors, round(0.1 * N * HW), seed=fitted.config.seed)]
+    np.testing.assert_array_equal(fitted.pixel_bank.numpy(), expected)
+    m = export_bundle(fitted, tmp_path / "b")
+    g = m["scoring"]["gallery"]
+    assert m["parity"]["passed"] and "maps_file" not in g and "k_pixel" not in m["scoring"]
+    assert g["pixel_bank"]["size"] == len(expected) and g["pixel_bank"]["exact"] and g["pixel_coreset"] == 0.1
+    assert not (tmp_path / "b" / "gallery_maps.npz").exists()
+
+    images = list_test_images(dataset)[:3]
+    x = stack([load_image(p, fitted.preprocess) for p in images])
+    with torch.no_grad():
+        feat, fmap = (t.numpy().astype(np.float64) for t in fitted.graph()(torch.from_numpy(x)))
+    p = Predictor.load(tmp_path / "b")
+    raw = dict(zip(p.output_names, p.session.run(p.output_names, {p.input_name: x})))
+    out = p.scorer(raw)
+    got = out.patch_maps.reshape(len(x), -1)
+    bank = expected.astype(np.float64)
+    for b in range(len(x)):
+        ref = np.sqrt(((fmap[b][:, None, :] - bank[None]) ** 2).sum(-1)).min(axis=1)
+        np.testing.assert_allclose(got[b], ref, rtol=1e-4, atol=1e-4)
+    images_only = fitted.image_features.numpy().astype(np.float64)
+    for b in range(len(x)):
+        d = np.sort(np.linalg.norm(images_only - feat[b], axis=1))[:5]
+        assert out.image_scores[b] == pytest.approx(d.mean(), rel=1e-4)
+
+
+def test_spade_pixel_coreset_options_are_checked() -> None:
+    from adexport.methods.spade import SpadeConfig
+
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ConfigError, match="pixel_coreset must be a fraction"):
+            SpadeConfig(pixel_coreset=bad)
+    with pytest.raises(ConfigError, match="set one of them"):
+        SpadeConfig(pixel_coreset=0.1, k_pixel=3)
+
+
 def test_spade_image_gallery_takes_an_approximate_index(spade_fitted, tmp_path: Path) -> None:
     m = export_bundle(spade_fitted, tmp_path / "b", index_type="HNSW8", search_params={"efSearch": 16})
     bank = m["scoring"]["gallery"]["images_bank"]

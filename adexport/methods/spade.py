@@ -11,6 +11,14 @@ index); pixel level, for every position the distance to the nearest feature at a
 those ``k`` images (the paper's deep pyramid correspondence), then upsampled and smoothed. The
 pixel search is most of the cost (``k`` x ``h*w`` gallery features per position); ``k_pixel``
 restricts it to the nearest ``k_pixel`` of the ``k`` images.
+
+``pixel_coreset = r`` replaces the per-image pixel search by one search in a PatchCore-style greedy
+coreset (:func:`adexport.coreset.greedy_coreset`) of all the training feature maps' vectors, a
+fraction ``r`` of them, stored as a FAISS index: each position's score is its distance to the
+nearest coreset vector of any training image, at any position. The comparison per position falls
+from ``k_pixel x h*w`` features to ``r x N x h*w`` and the bundle keeps the coreset instead of every
+feature map; the image score (``k`` nearest image features) is unchanged. What it costs in pixel
+AUROC is measured in ``benchmarks/edge_speed.py``.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from torch import nn
 
 from adexport.backbones import DEFAULT_BACKBONE, BackboneInfo, FeatureExtractor, build_architecture
 from adexport.banks import write_faiss_bank
+from adexport.coreset import greedy_coreset
 from adexport.methods.base import (TOLERANCE_APPROXIMATE, TOLERANCE_APPROXIMATE_INDEX, TOLERANCE_EXACT, ExportProperties, FittedMethod, Reference,
                                    backbone_and_preprocess, config_from_dict, graph_tensors, load_graph_tensors,
                                    run_graph)
@@ -51,6 +60,7 @@ class SpadeConfig:
     map_stride: int = 8  # resolution of the pixel-level feature map (32 x 32 at 256 px)
     k: int = 50  # nearest training images (seed 001: k = 50), capped at the gallery size
     k_pixel: int | None = None  # of those, the nearest whose feature maps the pixel search compares with; None: all k
+    pixel_coreset: float | None = None  # pixel search in a greedy coreset of this fraction of all training map vectors instead; None: per image
     blur_sigma: float = 4.0  # Gaussian smoothing of the upsampled map, in pixels
     store_dtype: str = "float32"  # precision of the stored training feature maps
     seed: int = 0  # weights when weights=random
@@ -62,6 +72,11 @@ class SpadeConfig:
             raise ConfigError(f"k must be >= 1, got {self.k}")
         if self.k_pixel is not None and self.k_pixel < 1:
             raise ConfigError(f"k_pixel must be >= 1 (or None for all k images), got {self.k_pixel}")
+        if self.pixel_coreset is not None and not 0 < self.pixel_coreset <= 1:
+            raise ConfigError(f"pixel_coreset must be a fraction in (0, 1] of the training map vectors (or None for "
+                              f"the per-image search), got {self.pixel_coreset}")
+        if self.pixel_coreset is not None and self.k_pixel is not None:
+            raise ConfigError("pixel_coreset and k_pixel are two different pixel searches; set one of them")
         if self.store_dtype not in STORE_DTYPES:
             raise ConfigError(f"store_dtype must be one of {', '.join(STORE_DTYPES)}, got {self.store_dtype!r}")
         if self.image_size < 32 or self.image_size % self.map_stride:
@@ -99,11 +114,12 @@ class FittedSpade(FittedMethod):
     output_names = ("image_feature", "feature_map")
 
     def __init__(self, config: SpadeConfig, preprocess: PreprocessConfig, graph: SpadeGraph,
-                 image_features: torch.Tensor, feature_maps: torch.Tensor):
+                 image_features: torch.Tensor, feature_maps: torch.Tensor, pixel_bank: torch.Tensor | None = None):
         super().__init__(config, preprocess, graph.extractor.info)
         self._graph = graph.eval()
         self.image_features = image_features  # (N, C)
         self.feature_maps = feature_maps  # (N, h*w, D)
+        self.pixel_bank = pixel_bank  # (M, D): the pixel_coreset of the feature maps' vectors, or None
 
     @property
     def k(self) -> int:
@@ -126,7 +142,10 @@ class FittedSpade(FittedMethod):
         image_scores = top.mean(dim=1).float()
         pixel = []
         for b in range(len(x)):
-            gallery = self.feature_maps[ids[b, : self.k_pixel]].reshape(-1, fmap.shape[-1]).to(dtype)  # (k_pixel * h*w, D)
+            if self.pixel_bank is not None:
+                gallery = self.pixel_bank.to(dtype)
+            else:
+                gallery = self.feature_maps[ids[b, : self.k_pixel]].reshape(-1, fmap.shape[-1]).to(dtype)  # (k_pixel * h*w, D)
             pixel.append(torch.cdist(fmap[b].to(dtype), gallery).min(dim=1).values.float())
         patch = torch.stack(pixel).view(len(x), *self._graph.grid)
         maps = self.reference_maps(patch)
@@ -155,29 +174,41 @@ class FittedSpade(FittedMethod):
                                                     search_params=search_params, queries=queries,
                                                     accept_approximate=accept_approximate)
         dtype = np.dtype(self.config.store_dtype)
-        maps = self.feature_maps.numpy().astype(dtype)
-        np.savez(bundle_dir / "gallery_maps.npz", feature_maps=maps)
-        files = [
-            *image_files,
-            file_entry(bundle_dir, "gallery_maps.npz", "npz",
-                       arrays={"feature_maps": {"shape": list(maps.shape), "dtype": dtype.name}}),
-        ]
+        gallery: dict[str, Any] = {"images_file": "gallery_images.faiss", "images_bank": {"format": "faiss", **images_bank},
+                                   "images": N, "image_dim": C, "map_dim": int(self.feature_maps.shape[-1])}
         scoring = {
             "image_output": "image_feature",
             "map_output": "feature_map",
             "k": self.k,
-            "k_pixel": self.k_pixel,
             "image_score": "mean distance to the k nearest training images",
-            "pixel_score": "distance to the nearest feature at any position of the k_pixel nearest training images",
-            "gallery": {"images_file": "gallery_images.faiss", "images_bank": {"format": "faiss", **images_bank},
-                        "maps_file": "gallery_maps.npz", "images": N,
-                        "image_dim": C, "map_dim": int(maps.shape[-1]), "dtype": dtype.name,
-                        "bytes_per_image": int(maps[0].nbytes + C * 4)},
         }
+        if self.pixel_bank is not None:  # one exact index over the coreset of every training map vector
+            pixels = np.ascontiguousarray(self.pixel_bank.numpy().astype(dtype).astype(np.float32))
+            pixel_bank, pixel_files = write_faiss_bank(bundle_dir, "gallery_pixels", pixels)
+            files = [*image_files, *pixel_files]
+            gallery.update({"pixel_bank": {"format": "faiss", **pixel_bank}, "pixel_coreset": self.config.pixel_coreset,
+                            "dtype": dtype.name})
+            scoring["pixel_score"] = ("distance to the nearest vector of a greedy coreset of all training feature-map "
+                                      "vectors (pixel_coreset)")
+        else:
+            maps = self.feature_maps.numpy().astype(dtype)
+            np.savez(bundle_dir / "gallery_maps.npz", feature_maps=maps)
+            files = [
+                *image_files,
+                file_entry(bundle_dir, "gallery_maps.npz", "npz",
+                           arrays={"feature_maps": {"shape": list(maps.shape), "dtype": dtype.name}}),
+            ]
+            gallery.update({"maps_file": "gallery_maps.npz", "dtype": dtype.name,
+                            "bytes_per_image": int(maps[0].nbytes + C * 4)})
+            scoring["k_pixel"] = self.k_pixel
+            scoring["pixel_score"] = "distance to the nearest feature at any position of the k_pixel nearest training images"
+        scoring["gallery"] = gallery
         return scoring, files
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {**graph_tensors(self._graph), "image_features": self.image_features, "feature_maps": self.feature_maps}
+        extra = {} if self.pixel_bank is None else {"pixel_bank": self.pixel_bank}
+        return {**graph_tensors(self._graph), "image_features": self.image_features, "feature_maps": self.feature_maps,
+                **extra}
 
     @classmethod
     def from_saved(cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> "FittedSpade":
@@ -186,7 +217,7 @@ class FittedSpade(FittedMethod):
         extractor = build_architecture(BackboneInfo.from_dict(meta["backbone"]))
         graph = SpadeGraph(extractor, preprocess.input_size, config.map_stride)
         return cls(config, preprocess, load_graph_tensors(graph, tensors), tensors["image_features"],
-                   tensors["feature_maps"])
+                   tensors["feature_maps"], tensors.get("pixel_bank"))
 
 
 @torch.no_grad()
@@ -203,6 +234,13 @@ def fit(config: SpadeConfig, samples: Sequence[Sample], *, device: str = "cpu", 
     t2 = time.perf_counter()
     N, HW, D = fitted.feature_maps.shape
     fitted.report.phases.update({"backbone_setup": t1 - t0, "feature_extraction": t2 - t1})
+    if config.pixel_coreset is not None:
+        vectors = fitted.feature_maps.reshape(N * HW, D).numpy()
+        n_select = max(1, int(round(config.pixel_coreset * len(vectors))))
+        keep = greedy_coreset(vectors, n_select, seed=config.seed, progress=progress)
+        fitted.pixel_bank = torch.from_numpy(np.ascontiguousarray(vectors[keep]))
+        fitted.report.phases["pixel_coreset_selection"] = time.perf_counter() - t2
+        fitted.report.sizes["pixel_bank"] = n_select
     fitted.report.sizes.update({"fit_images": N, "skipped_images": len(skipped.files), "k": fitted.k,
                                 "map_positions": HW, "map_dim": D, "image_dim": fitted.image_features.shape[1],
                                 "gallery_bytes": N * (HW * D * np.dtype(config.store_dtype).itemsize

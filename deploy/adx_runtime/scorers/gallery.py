@@ -4,7 +4,9 @@ Image score: mean distance to the ``k`` nearest training image features (FAISS).
 each position, the distance to the nearest feature at any position of the ``k_pixel`` nearest of
 those images (``k_pixel = k`` in bundles that do not record it), computed
 image by image as ``min_j ||q - g_j||`` with ``||q||^2 - 2 q.g + ||g||^2`` (gallery norms
-precomputed at load).
+precomputed at load). A bundle exported with ``pixel_coreset`` instead holds one FAISS index of a
+coreset of all training map vectors (``gallery.pixel_bank``), and each position's score is its
+distance to the nearest of them: one search for the whole batch.
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ class GalleryScorer:
             bank = g.get("images_bank") or {"file": g["images_file"], "format": "faiss"}
             self.images = open_bank(Path(bundle_dir), manifest, bank, bank_device, search_params,
                                     what="scoring.gallery.images_bank")
+            self.pixels = None
+            if g.get("pixel_bank"):  # pixel_coreset: one index over a coreset of every training map vector
+                self.pixels = open_bank(Path(bundle_dir), manifest, g["pixel_bank"], bank_device,
+                                        what="scoring.gallery.pixel_bank")
+                self.backend = f"{self.images.backend}, pixel coreset {self.pixels.backend}"
+                return
             with np.load(bundle_file(bundle_dir, manifest, g["maps_file"], what="scoring.gallery.maps_file"),
                          allow_pickle=False) as data:
                 self.maps = np.ascontiguousarray(data["feature_maps"], dtype=np.float32)  # (N, h*w, D)
@@ -63,5 +71,13 @@ class GalleryScorer:
         if (ids < 0).any():
             raise ConfigError(f"the approximate image gallery returned fewer than k = {self.k} neighbours; raise its "
                               "search breadth, e.g. --search-param nprobe=8")
-        patch = np.stack([self.pixel_distances(fmap[b], ids[b, : self.k_pixel]) for b in range(len(img))])
+        if self.pixels is not None:
+            B, HW, D = fmap.shape
+            if D != self.pixels.dim:
+                raise BundleError(f"graph gave feature maps {fmap.shape}, the pixel coreset holds {self.pixels.dim}-d "
+                                  "vectors; the graph and the gallery do not belong together")
+            near, _ = self.pixels.search(fmap.reshape(B * HW, D), 1)
+            patch = near[:, 0].reshape(B, HW)
+        else:
+            patch = np.stack([self.pixel_distances(fmap[b], ids[b, : self.k_pixel]) for b in range(len(img))])
         return ScoreOutput(patch.reshape(len(img), *self.grid), dist.mean(axis=1).astype(np.float32))
