@@ -28,7 +28,7 @@ def bench_fit(
     data_size: int = 160,
     category: str = "weave",
     out: str | Path | None = None,
-    bank: str = "faiss",
+    bank: str | None = None,
     import_seconds: float = 0.0,
     progress: Progress = SILENT,
 ) -> dict[str, Any]:
@@ -37,6 +37,8 @@ def bench_fit(
     Args:
         out: keep the data, model and bundle here (for ``adx bench`` on the bundle); default: a
             temporary folder that is removed.
+        bank: PatchCore's bank format (``faiss`` or ``npz``); ``None``: the method's default (methods
+            without a bank refuse any value).
         import_seconds: time the caller spent importing the training stack, reported as a phase.
     """
     holder = None if out else tempfile.TemporaryDirectory(prefix="adx-bench-fit-")

@@ -349,3 +349,12 @@ def test_a_non_finite_model_score_is_an_error_line_not_a_label(bundle: Path, dat
     rows = [json.loads(x) for x in r.stdout.splitlines()]
     assert r.exit_code == EXIT_SOME_FAILED and "NaN" not in r.stdout
     assert "non-finite score" in rows[0]["error"] and rows[1]["label"] in ("normal", "anomalous")
+
+
+@pytest.mark.parametrize("method", ["padim", "patchcore"])
+def test_bench_fit_runs_methods_without_a_bank_option(method: str, tmp_path: Path) -> None:
+    """bench-fit once passed --bank faiss to every method, and PaDiM refuses a bank option."""
+    result = invoke("bench-fit", "--method", method, "--n-train", "6", "--data-size", "64", "--image-size", "64",
+                    "--backbone", "test_efficientnet", "--weights", "random", "-q", "--json", tmp_path / "r.json")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "r.json").read_text())["method"] == method

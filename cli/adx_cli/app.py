@@ -593,7 +593,7 @@ def bench_fit_cmd(
     coreset_ratio: Annotated[Optional[float], typer.Option(help="PatchCore coreset ratio \\[default: 0.1].")] = None,
     n_features: Annotated[Optional[int], typer.Option(help="PaDiM channel subset d \\[default: 100].")] = None,
     store_dtype: Annotated[Optional[str], typer.Option(help="PaDiM/SPADE: float32 | float16 store.")] = None,
-    bank: Annotated[str, typer.Option(help="PatchCore bank: faiss | npz.")] = "faiss",
+    bank: Annotated[Optional[str], typer.Option(help="PatchCore bank: faiss | npz \\[default: the method's; faiss for PatchCore].")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Keep data, model and bundle here (then run `adx bench OUT/bundle`).")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write every figure here.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
