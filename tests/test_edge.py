@@ -262,6 +262,9 @@ def test_spade_pixel_coreset_is_a_greedy_coreset_searched_exactly(dataset: Path,
     for b in range(len(x)):
         ref = np.sqrt(((fmap[b][:, None, :] - bank[None]) ** 2).sum(-1)).min(axis=1)
         np.testing.assert_allclose(got[b], ref, rtol=1e-4, atol=1e-4)
+    assert p.scorer.pixel_vectors is not None  # the CPU searches the coreset with numpy ...
+    p.scorer.pixel_vectors = None  # ... and a GPU with FAISS: the same distances
+    np.testing.assert_allclose(p.scorer(raw).patch_maps, out.patch_maps, rtol=1e-4, atol=1e-4)
     images_only = fitted.image_features.numpy().astype(np.float64)
     for b in range(len(x)):
         d = np.sort(np.linalg.norm(images_only - feat[b], axis=1))[:5]

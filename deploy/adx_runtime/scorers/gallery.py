@@ -6,13 +6,16 @@ those images (``k_pixel = k`` in bundles that do not record it), computed
 image by image as ``min_j ||q - g_j||`` with ``||q||^2 - 2 q.g + ||g||^2`` (gallery norms
 precomputed at load). A bundle exported with ``pixel_coreset`` instead holds one FAISS index of a
 coreset of all training map vectors (``gallery.pixel_bank``), and each position's score is its
-distance to the nearest of them: one search for the whole batch.
+distance to the nearest of them. On the CPU that search is the same numpy matmul-and-minimum as
+the per-image one, over the coreset's vectors read from the index at load: 3.3x faster than FAISS's
+flat k = 1 search measured on this 2-core CPU (16,384 queries against 4,915 vectors of 176
+dimensions: 15 against 50 ms per image, distances within 4e-7). On a GPU FAISS searches.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -20,6 +23,24 @@ from adx_runtime.bundle import bundle_file
 from adx_runtime.errors import BundleError, ConfigError
 from adx_runtime.knn import open_bank, squared_to_distance
 from adx_runtime.scorers import ScoreOutput
+
+
+#: Coreset vectors per matmul of the pixel search on the CPU.
+PIXEL_CHUNK = 4096
+
+
+def nearest_distances(queries: np.ndarray, gallery: Iterable[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """``queries (Q, D)`` -> distance to the nearest vector of ``gallery``, given as parts
+    ``(vectors (n, D), their squared norms (n,))``: ``||q||^2 - 2 q.g + ||g||^2``, minimised part by part."""
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    best = np.full(len(q), np.inf, np.float32)
+    for vectors, norms in gallery:
+        d2 = q @ vectors.T  # (Q, n)
+        d2 *= -2.0
+        d2 += norms[None, :]
+        np.minimum(best, d2.min(axis=1), out=best)
+    best += np.einsum("qd,qd->q", q, q)
+    return squared_to_distance(best)
 
 
 class GalleryScorer:
@@ -39,7 +60,15 @@ class GalleryScorer:
             if g.get("pixel_bank"):  # pixel_coreset: one index over a coreset of every training map vector
                 self.pixels = open_bank(Path(bundle_dir), manifest, g["pixel_bank"], bank_device,
                                         what="scoring.gallery.pixel_bank")
-                self.backend = f"{self.images.backend}, pixel coreset {self.pixels.backend}"
+                self.pixel_vectors = None
+                if not self.pixels.backend.startswith("faiss-gpu") and g["pixel_bank"].get("exact", True):
+                    vectors = self.pixels.reconstruct(np.arange(self.pixels.size))
+                    # chunks of the coreset: one (h*w, chunk) product at a time stays small
+                    self.pixel_vectors = [(c, np.einsum("md,md->m", c, c)) for c in
+                                          (np.ascontiguousarray(vectors[i : i + PIXEL_CHUNK])
+                                           for i in range(0, len(vectors), PIXEL_CHUNK))]
+                self.backend = (f"{self.images.backend}, pixel coreset "
+                                f"{'numpy' if self.pixel_vectors is not None else self.pixels.backend}")
                 return
             with np.load(bundle_file(bundle_dir, manifest, g["maps_file"], what="scoring.gallery.maps_file"),
                          allow_pickle=False) as data:
@@ -54,16 +83,7 @@ class GalleryScorer:
 
     def pixel_distances(self, fmap: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
         """``fmap (h*w, D)`` of one image, ``neighbours (k,)`` gallery ids -> ``(h*w,)`` distances."""
-        q = np.ascontiguousarray(fmap, dtype=np.float32)
-        qn = np.einsum("qd,qd->q", q, q)
-        best = np.full(len(q), np.inf, np.float32)
-        for j in neighbours:
-            d2 = q @ self.maps[j].T  # (h*w, h*w)
-            d2 *= -2.0
-            d2 += self.map_norms[j][None, :]
-            np.minimum(best, d2.min(axis=1), out=best)
-        best += qn
-        return squared_to_distance(best)
+        return nearest_distances(fmap, ((self.maps[j], self.map_norms[j]) for j in neighbours))
 
     def __call__(self, outputs: dict[str, np.ndarray]) -> ScoreOutput:
         img, fmap = outputs[self.image_output], outputs[self.map_output]
@@ -76,8 +96,11 @@ class GalleryScorer:
             if D != self.pixels.dim:
                 raise BundleError(f"graph gave feature maps {fmap.shape}, the pixel coreset holds {self.pixels.dim}-d "
                                   "vectors; the graph and the gallery do not belong together")
-            near, _ = self.pixels.search(fmap.reshape(B * HW, D), 1)
-            patch = near[:, 0].reshape(B, HW)
+            if self.pixel_vectors is not None:
+                patch = np.stack([nearest_distances(fmap[b], self.pixel_vectors) for b in range(B)])
+            else:
+                near, _ = self.pixels.search(fmap.reshape(B * HW, D), 1)
+                patch = near[:, 0].reshape(B, HW)
         else:
             patch = np.stack([self.pixel_distances(fmap[b], ids[b, : self.k_pixel]) for b in range(len(img))])
         return ScoreOutput(patch.reshape(len(img), *self.grid), dist.mean(axis=1).astype(np.float32))
