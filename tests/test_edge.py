@@ -163,6 +163,39 @@ def test_sharded_bank_returns_exactly_the_unsharded_results(tmp_path: Path) -> N
     np.testing.assert_array_equal(sharded.reconstruct(ids), bank[ids])
 
 
+def test_exact_faiss_banks_are_searched_by_numpy_on_the_cpu_with_the_same_neighbours(tmp_path: Path) -> None:
+    """A Flat FAISS bank (plain or sharded) on the CPU is searched by numpy: the neighbours FAISS
+    finds, at the distances FAISS gives; an approximate index stays with FAISS."""
+    import faiss
+
+    from adx_runtime.knn import NumpyBank, load_bank
+
+    bank = rng.standard_normal((1000, 24)).astype(np.float32)
+    queries = rng.standard_normal((700, 24)).astype(np.float32)  # more than one chunk of queries
+    whole = faiss.IndexFlatL2(24)
+    whole.add(bank)
+    faiss.write_index(whole, str(tmp_path / "whole.faiss"))
+    paths = []
+    for i, (a, b) in enumerate([(0, 400), (400, 1000)]):
+        part = faiss.IndexFlatL2(24)
+        part.add(bank[a:b])
+        paths.append(tmp_path / f"s{i}.faiss")
+        faiss.write_index(part, str(paths[-1]))
+    ref = FaissBank.load(tmp_path / "whole.faiss")
+    for got in (load_bank(tmp_path / "whole.faiss", "faiss"), load_bank(paths, "faiss")):
+        assert isinstance(got, NumpyBank) and got.backend.startswith("numpy (exact search of the FAISS Flat bank")
+        for k in (1, 4):
+            d_ref, i_ref = ref.search(queries, k)
+            d, i = got.search(queries, k)
+            np.testing.assert_array_equal(i, i_ref)
+            np.testing.assert_allclose(d, d_ref, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(got.reconstruct(np.array([0, 399, 400, 999])), bank[[0, 399, 400, 999]])
+    hnsw = faiss.index_factory(24, "HNSW8")
+    hnsw.add(bank)
+    faiss.write_index(hnsw, str(tmp_path / "hnsw.faiss"))
+    assert isinstance(load_bank(tmp_path / "hnsw.faiss", "faiss"), FaissBank)
+
+
 def test_sharded_bundle_scores_exactly_as_the_unsharded_one(model_dir: Path, bundle: Path, tmp_path: Path,
                                                             dataset: Path) -> None:
     m = export_bundle(model_dir, tmp_path / "sharded", shards=3)
@@ -262,8 +295,8 @@ def test_spade_pixel_coreset_is_a_greedy_coreset_searched_exactly(dataset: Path,
     for b in range(len(x)):
         ref = np.sqrt(((fmap[b][:, None, :] - bank[None]) ** 2).sum(-1)).min(axis=1)
         np.testing.assert_allclose(got[b], ref, rtol=1e-4, atol=1e-4)
-    assert p.scorer.pixel_vectors is not None  # the CPU searches the coreset with numpy ...
-    p.scorer.pixel_vectors = None  # ... and a GPU with FAISS: the same distances
+    assert p.scorer.pixels.backend.startswith("numpy")  # the CPU searches the Flat coreset with numpy ...
+    p.scorer.pixels = FaissBank.load(tmp_path / "b" / g["pixel_bank"]["file"])  # ... a GPU with FAISS: the same
     np.testing.assert_allclose(p.scorer(raw).patch_maps, out.patch_maps, rtol=1e-4, atol=1e-4)
     images_only = fitted.image_features.numpy().astype(np.float64)
     for b in range(len(x)):

@@ -58,8 +58,8 @@ def test_faiss_gpu_requested_without_gpu_is_refused(bundle: Path) -> None:
         Predictor.load(bundle, bank_device="cuda")
 
 
-def test_auto_bank_device_on_cpu_uses_faiss_cpu(bundle: Path) -> None:
-    assert Predictor.load(bundle).scorer.backend == "faiss-cpu"
+def test_auto_bank_device_on_cpu_searches_on_the_cpu(bundle: Path) -> None:
+    assert Predictor.load(bundle).scorer.backend == "numpy (exact search of the FAISS Flat bank)"
 
 
 def test_both_onnxruntime_packages_installed_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

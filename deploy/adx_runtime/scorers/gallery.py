@@ -6,10 +6,8 @@ those images (``k_pixel = k`` in bundles that do not record it), computed
 image by image as ``min_j ||q - g_j||`` with ``||q||^2 - 2 q.g + ||g||^2`` (gallery norms
 precomputed at load). A bundle exported with ``pixel_coreset`` instead holds one FAISS index of a
 coreset of all training map vectors (``gallery.pixel_bank``), and each position's score is its
-distance to the nearest of them. On the CPU that search is the same numpy matmul-and-minimum as
-the per-image one, over the coreset's vectors read from the index at load: 3.3x faster than FAISS's
-flat k = 1 search measured on this 2-core CPU (16,384 queries against 4,915 vectors of 176
-dimensions: 15 against 50 ms per image, distances within 4e-7). On a GPU FAISS searches.
+distance to the nearest of them: one exact search for the whole batch (numpy on the CPU, as for
+every Flat bank, see :mod:`adx_runtime.knn`; FAISS on a GPU).
 """
 
 from __future__ import annotations
@@ -23,10 +21,6 @@ from adx_runtime.bundle import bundle_file
 from adx_runtime.errors import BundleError, ConfigError
 from adx_runtime.knn import open_bank, squared_to_distance
 from adx_runtime.scorers import ScoreOutput
-
-
-#: Coreset vectors per matmul of the pixel search on the CPU.
-PIXEL_CHUNK = 4096
 
 
 def nearest_distances(queries: np.ndarray, gallery: Iterable[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
@@ -60,15 +54,7 @@ class GalleryScorer:
             if g.get("pixel_bank"):  # pixel_coreset: one index over a coreset of every training map vector
                 self.pixels = open_bank(Path(bundle_dir), manifest, g["pixel_bank"], bank_device,
                                         what="scoring.gallery.pixel_bank")
-                self.pixel_vectors = None
-                if not self.pixels.backend.startswith("faiss-gpu") and g["pixel_bank"].get("exact", True):
-                    vectors = self.pixels.reconstruct(np.arange(self.pixels.size))
-                    # chunks of the coreset: one (h*w, chunk) product at a time stays small
-                    self.pixel_vectors = [(c, np.einsum("md,md->m", c, c)) for c in
-                                          (np.ascontiguousarray(vectors[i : i + PIXEL_CHUNK])
-                                           for i in range(0, len(vectors), PIXEL_CHUNK))]
-                self.backend = (f"{self.images.backend}, pixel coreset "
-                                f"{'numpy' if self.pixel_vectors is not None else self.pixels.backend}")
+                self.backend = f"{self.images.backend}; pixel coreset: {self.pixels.backend}"
                 return
             with np.load(bundle_file(bundle_dir, manifest, g["maps_file"], what="scoring.gallery.maps_file"),
                          allow_pickle=False) as data:
@@ -96,11 +82,8 @@ class GalleryScorer:
             if D != self.pixels.dim:
                 raise BundleError(f"graph gave feature maps {fmap.shape}, the pixel coreset holds {self.pixels.dim}-d "
                                   "vectors; the graph and the gallery do not belong together")
-            if self.pixel_vectors is not None:
-                patch = np.stack([nearest_distances(fmap[b], self.pixel_vectors) for b in range(B)])
-            else:
-                near, _ = self.pixels.search(fmap.reshape(B * HW, D), 1)
-                patch = near[:, 0].reshape(B, HW)
+            near, _ = self.pixels.search(fmap.reshape(B * HW, D), 1)
+            patch = near[:, 0].reshape(B, HW)
         else:
             patch = np.stack([self.pixel_distances(fmap[b], ids[b, : self.k_pixel]) for b in range(len(img))])
         return ScoreOutput(patch.reshape(len(img), *self.grid), dist.mean(axis=1).astype(np.float32))
