@@ -17,7 +17,7 @@ from collections import defaultdict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence, Sized
 
 import numpy as np
 from PIL import Image
@@ -319,6 +319,8 @@ class Predictor:
         if decode_ahead is None:
             decode_ahead = self.decode_ahead
         ahead = batch_size if decode_ahead is None else int(decode_ahead)
+        if isinstance(paths, Sized) and len(paths) <= batch_size:
+            ahead = 0  # one batch: nothing to overlap with, so no thread
         pending: list[tuple[str, np.ndarray | None, str | None, tuple[int, int] | None, str | None]] = []
 
         def flush() -> Iterator[FileResult]:
