@@ -101,8 +101,7 @@ class PadimGraph(nn.Module):
                 continue
             f = f.index_select(1, idx)
             kept.append(f if i == 0 else F.interpolate(f, size=self.grid, mode="nearest"))
-        z = torch.cat(kept, dim=1) if len(kept) > 1 else kept[0]
-        return z.flatten(2).transpose(1, 2)
+        return torch.cat(kept, dim=1).flatten(2).transpose(1, 2)
 
 
 def gaussian_fit(embeddings: torch.Tensor, epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:

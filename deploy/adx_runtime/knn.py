@@ -211,10 +211,9 @@ def _faiss_search(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, 
 
 
 def _is_flat(index: Any) -> bool:
-    """An exact, uncompressed L2 index (``IndexFlatL2``): its vectors are the bank itself."""
-    faiss = import_faiss()
-    return type(faiss.downcast_index(index)).__name__ in ("IndexFlatL2", "IndexFlat") and \
-        getattr(index, "metric_type", faiss.METRIC_L2) == faiss.METRIC_L2
+    """An exact, uncompressed index (``IndexFlatL2``; :func:`_read_index` refuses other metrics):
+    its vectors are the bank itself."""
+    return type(import_faiss().downcast_index(index)).__name__ in ("IndexFlatL2", "IndexFlat")
 
 
 def _read_index(faiss: Any, path: str | Path) -> Any:
@@ -284,8 +283,7 @@ def load_bank(path: str | Path | list[Path], fmt: str, device: str = "cpu",
             bank = FaissBank.load(path, device, search_params)
             parts = [bank.index]
         if device == "cpu" and all(_is_flat(p) for p in parts):
-            vectors = np.concatenate([p.reconstruct_n(0, int(p.ntotal)) for p in parts]) if bank.size else \
-                np.zeros((0, bank.dim), np.float32)
+            vectors = np.concatenate([p.reconstruct_n(0, int(p.ntotal)) for p in parts])
             return NumpyBank(vectors, backend=f"numpy (exact search of the FAISS Flat bank{', sharded' if len(parts) > 1 else ''})")
         return bank
     if search_params:

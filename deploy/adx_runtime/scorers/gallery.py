@@ -13,7 +13,7 @@ every Flat bank, see :mod:`adx_runtime.knn`; FAISS on a GPU).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -21,20 +21,6 @@ from adx_runtime.bundle import bundle_file
 from adx_runtime.errors import BundleError, ConfigError
 from adx_runtime.knn import open_bank, squared_to_distance
 from adx_runtime.scorers import ScoreOutput
-
-
-def nearest_distances(queries: np.ndarray, gallery: Iterable[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    """``queries (Q, D)`` -> distance to the nearest vector of ``gallery``, given as parts
-    ``(vectors (n, D), their squared norms (n,))``: ``||q||^2 - 2 q.g + ||g||^2``, minimised part by part."""
-    q = np.ascontiguousarray(queries, dtype=np.float32)
-    best = np.full(len(q), np.inf, np.float32)
-    for vectors, norms in gallery:
-        d2 = q @ vectors.T  # (Q, n)
-        d2 *= -2.0
-        d2 += norms[None, :]
-        np.minimum(best, d2.min(axis=1), out=best)
-    best += np.einsum("qd,qd->q", q, q)
-    return squared_to_distance(best)
 
 
 class GalleryScorer:
@@ -69,7 +55,16 @@ class GalleryScorer:
 
     def pixel_distances(self, fmap: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
         """``fmap (h*w, D)`` of one image, ``neighbours (k,)`` gallery ids -> ``(h*w,)`` distances."""
-        return nearest_distances(fmap, ((self.maps[j], self.map_norms[j]) for j in neighbours))
+        q = np.ascontiguousarray(fmap, dtype=np.float32)
+        qn = np.einsum("qd,qd->q", q, q)
+        best = np.full(len(q), np.inf, np.float32)
+        for j in neighbours:
+            d2 = q @ self.maps[j].T  # (h*w, h*w)
+            d2 *= -2.0
+            d2 += self.map_norms[j][None, :]
+            np.minimum(best, d2.min(axis=1), out=best)
+        best += qn
+        return squared_to_distance(best)
 
     def __call__(self, outputs: dict[str, np.ndarray]) -> ScoreOutput:
         img, fmap = outputs[self.image_output], outputs[self.map_output]
