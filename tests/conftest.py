@@ -6,13 +6,30 @@ so the whole suite runs in about a minute on two CPU cores.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import warnings
 from pathlib import Path
 
 import pytest
 
 # timm must never reach for the network in tests (it would hang where there is none).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+def onnx_bytes(graph, example, output_names: list[str] | None = None) -> bytes:
+    """``graph`` traced to ONNX (opset 17, TorchScript exporter) at ``example``, batch axis dynamic
+    on the input and on every named output; the tracer's chatter silenced."""
+    import torch
+
+    axes = {"image": {0: "batch"}, **{name: {0: "batch"} for name in output_names or []}}
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(graph, (example,), buf, input_names=["image"], output_names=output_names,
+                          dynamic_axes=axes, opset_version=17, do_constant_folding=True, dynamo=False)
+    return buf.getvalue()
+
 
 CATEGORY = "weave"
 TINY = {"backbone": "test_efficientnet", "weights": "random", "image_size": 64}

@@ -11,6 +11,8 @@ import torch
 from adexport.backbones import OFFLINE_WEIGHTS, _offline_state_dict, create_backbone
 from adx_runtime.errors import ConfigError
 
+from conftest import onnx_bytes
+
 
 def test_layers_by_index_and_by_name_agree() -> None:
     a = create_backbone("test_efficientnet", (2, 3), weights="random")
@@ -107,16 +109,7 @@ def test_random_initialisation_is_seeded() -> None:
     assert not torch.equal(a["conv_stem.weight"], c["conv_stem.weight"])
 
 
-def _export(model: torch.nn.Module, x: torch.Tensor, path: Path) -> None:
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), str(path), input_names=["image"], dynamic_axes={"image": {0: "batch"}},
-                          opset_version=17, do_constant_folding=True, dynamo=False)
-
-
-def test_static_same_padding_folds_tf_padding_into_the_convolutions(tmp_path: Path) -> None:
+def test_static_same_padding_folds_tf_padding_into_the_convolutions() -> None:
     """TF-"same" convolutions (tf_efficientnet_lite0) traced under static_same_padding: no Pad and
     no shape arithmetic in the graph, the same outputs as the eager model at batch 1 and 3, and the
     modules restored afterwards. Traced without it, the graph has the Pad chain."""
@@ -134,14 +127,14 @@ def test_static_same_padding_folds_tf_padding_into_the_convolutions(tmp_path: Pa
     x = torch.randn(2, 3, 64, 80)  # not square: height and width pads are computed apart
     with static_same_padding(model, x) as n:
         assert n == sum(isinstance(m, Conv2dSame) for m in model.modules()) > 0
-        _export(model, x, tmp_path / "static.onnx")
+        graphs = {"static": onnx_bytes(model, x)}
     assert not any("forward" in vars(m) for m in model.modules())  # restored
-    _export(model, x, tmp_path / "dynamic.onnx")
-    ops = {name: collections.Counter(n.op_type for n in onnx.load(str(tmp_path / f"{name}.onnx")).graph.node)
-           for name in ("static", "dynamic")}
+    graphs["dynamic"] = onnx_bytes(model, x)
+    ops = {name: collections.Counter(n.op_type for n in onnx.load_from_string(data).graph.node)
+           for name, data in graphs.items()}
     assert ops["dynamic"]["Pad"] > 0 and ops["dynamic"]["Shape"] > 0
     assert ops["static"]["Pad"] == 0 and ops["static"]["Shape"] == 0
-    session = ort.InferenceSession(str(tmp_path / "static.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(graphs["static"], providers=["CPUExecutionProvider"])
     for batch in (torch.randn(1, 3, 64, 80), torch.randn(3, 3, 64, 80)):
         with torch.no_grad():
             expected = [t.numpy() for t in model(batch)]

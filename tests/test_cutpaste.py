@@ -6,14 +6,13 @@ runtime vs torch, torch-free eval; tests/test_training.py: exact resume, loss cu
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import CATEGORY, TINY_TRAINED, list_test_images
+from conftest import CATEGORY, TINY_TRAINED, list_test_images, onnx_bytes
 
 from adexport.export import export_bundle
 from adexport.fitted import load_fitted, save_fitted
@@ -125,10 +124,8 @@ def test_patch_graph_exports_with_a_dynamic_batch() -> None:
 
     extractor, _ = backbone_and_preprocess(config)
     graph = PatchEmbedding(Encoder(extractor), 32, 16, 8).eval()
-    buf = io.BytesIO()
-    torch.onnx.export(graph, (torch.zeros(2, 3, 32, 32),), buf, input_names=["image"], output_names=["embedding"],
-                      dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}}, opset_version=17, dynamo=False)
-    session = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(onnx_bytes(graph, torch.zeros(2, 3, 32, 32), ["embedding"]),
+                                   providers=["CPUExecutionProvider"])
     for batch in (1, 3):
         x = torch.randn(batch, 3, 32, 32)
         with torch.no_grad():

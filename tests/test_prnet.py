@@ -6,14 +6,13 @@ other sizes, float16, a bad textures folder), real anomalies, and a short traini
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import CATEGORY, TINY_TRAINED
+from conftest import CATEGORY, TINY_TRAINED, onnx_bytes
 
 from adexport.backbones import create_backbone
 from adexport.methods import prnet
@@ -159,17 +158,14 @@ def test_onnx_export_has_no_einsum_nor_grouped_token_convs_and_matches_torch() -
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     graph = tiny_graph(seed=5).eval()
-    buf = io.BytesIO()
-    torch.onnx.export(graph, (torch.zeros(2, 3, SIZE, SIZE),), buf, input_names=["image"],
-                      output_names=["anomaly_map"], dynamic_axes={"image": {0: "batch"}, "anomaly_map": {0: "batch"}},
-                      opset_version=17, dynamo=False)
-    model = onnx.load_from_string(buf.getvalue())
+    data = onnx_bytes(graph, torch.zeros(2, 3, SIZE, SIZE), ["anomaly_map"])
+    model = onnx.load_from_string(data)
     ops = {n.op_type for n in model.graph.node}
     assert "Einsum" not in ops and {"ArgMin", "Gather", "MatMul", "Softmax"} <= ops
     grouped = [n.name for n in model.graph.node if n.op_type == "Conv"
                and any(a.name == "group" and a.i > 1 for a in n.attribute)]
     assert grouped and all(name.startswith("/encoder/") for name in grouped), grouped  # depthwise convs: encoder only
-    session = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     for batch in (1, 3):
         x = images(batch, seed=10 + batch)
         (got,) = session.run(None, {"image": x.numpy()})

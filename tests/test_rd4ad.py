@@ -4,14 +4,13 @@ torch-free runtime parity. (Resume, save/load: the generic tests in test_trainin
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import CATEGORY, TINY_TRAINED, list_test_images
+from conftest import CATEGORY, TINY_TRAINED, list_test_images, onnx_bytes
 
 from adexport.backbones import create_backbone
 from adexport.methods.rd4ad import RD4ADConfig, RD4ADGraph, build_graph, cosine_distance, rd4ad_loss
@@ -125,11 +124,8 @@ def test_anomaly_map_equals_numpy_reference() -> None:
 def test_onnx_export_matches_torch_and_numpy_with_dynamic_batch() -> None:
     ort = pytest.importorskip("onnxruntime")
     graph = tiny_graph(seed=5).eval()
-    buf = io.BytesIO()
-    torch.onnx.export(graph, (torch.zeros(2, 3, SIZE, SIZE),), buf, input_names=["image"],
-                      output_names=["anomaly_map"], dynamic_axes={"image": {0: "batch"}, "anomaly_map": {0: "batch"}},
-                      opset_version=17, dynamo=False)
-    session = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(onnx_bytes(graph, torch.zeros(2, 3, SIZE, SIZE), ["anomaly_map"]),
+                                   providers=["CPUExecutionProvider"])
     x = torch.randn(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))  # not the traced batch
     (got,) = session.run(None, {"image": x.numpy()})
     with torch.no_grad():

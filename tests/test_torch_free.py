@@ -4,7 +4,6 @@ its scores match the trained PyTorch model within the tolerance the manifest rec
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import textwrap
 from pathlib import Path

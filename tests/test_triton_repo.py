@@ -3,7 +3,6 @@ chain, versions per export, and Python-backend models that load on a real triton
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
