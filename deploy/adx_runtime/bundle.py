@@ -34,8 +34,9 @@ except ImportError:  # Windows: msvcrt locks instead
 
 BUNDLE_FORMAT = "adexport-bundle"
 #: Version 2 (this release): ``scoring.kind`` names the scorer; one typed ``postprocess`` section;
-#: ``input.colour`` may be L (1 channel). Version 1 bundles (adexport 0.1.0) are read by upgrading
-#: their manifest in memory (:func:`upgrade_v1`); the files on disk are not touched.
+#: ``input.colour`` may be L (1 channel). Version 1 bundles (adexport 0.1.0) are read, only in the
+#: exact form 0.1.0 wrote (:func:`_check_schema1`), by upgrading their manifest in memory
+#: (:func:`upgrade_v1`); the files on disk are not touched.
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)
 MANIFEST = "manifest.json"
@@ -95,14 +96,9 @@ def integrity_section(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_integrity(manifest: dict[str, Any], path: Path) -> None:
-    version = manifest["schema_version"]
+    """The digests of a schema-2 manifest (schema 1 has none: :func:`_check_schema1` instead)."""
     integrity = manifest.get("integrity")
     if integrity is None:
-        if version == 1:
-            # adexport 0.1.0 (schema 1) wrote no digest. Those bundles must keep loading (the
-            # fixtures in tests/fixtures/schema1_* prove it); they are upgraded in memory and their
-            # files are still checksummed, but their manifest fields are not protected.
-            return
         # A schema-2 manifest without a digest is refused rather than accepted with a warning:
         # accepting it would make deleting the section a way around the check.
         raise BundleError(
@@ -123,6 +119,246 @@ def _check_integrity(manifest: dict[str, Any], path: Path) -> None:
             "changed after export (digest mismatch). These decide scores and may not be edited by hand; "
             "thresholds change only through `adx calibrate`. Restore the manifest or re-export the bundle."
         )
+
+
+# ------------------------------------------------------------------------------------ schema 1
+#: adexport 0.1.0 is the one release that wrote schema 1 (its export is commit 6a478b1 of this
+#: repository; tests/fixtures/schema1_* are its output). A schema-1 manifest has no integrity digest,
+#: so it is read only in exactly the form 0.1.0 wrote: otherwise relabelling a schema-2 bundle as
+#: schema 1 (and deleting its digest) would switch the protection of its fields off.
+_V1_RELEASE = "0.1.0"
+_V1_TOP = frozenset({"format", "schema_version", "adexport_version", "method", "created_at", "input", "graph",
+                     "files", "scoring", "calibration", "method_config", "backbone", "training", "provenance",
+                     "parity", "export_seconds"})
+_V1_INPUT = frozenset({"resize", "interpolation", "center_crop", "scale", "mean", "std", "colour", "layout", "dtype",
+                       "input_size"})
+#: 0.1.0 built every input contract with ``PreprocessConfig.square``: these fields had one value.
+_V1_INPUT_FIXED = {"center_crop": None, "scale": 1.0 / 255.0, "colour": "RGB", "layout": "NCHW", "dtype": "float32"}
+_V1_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+_V1_GRAPH = frozenset({"file", "opset", "inputs", "outputs", "dynamic_axes", "max_batch"})
+_V1_TENSOR = frozenset({"name", "shape", "dtype"})
+_V1_TENSORRT = frozenset({"engine_dir", "engine_prefix", "tensorrt_version", "compute_capability", "fp16", "profile",
+                          "parity"})
+#: A ``files`` entry's keys beyond path, kind, bytes and sha256, by kind.
+_V1_FILE_EXTRA = {"onnx-graph": {"opset"}, "faiss-index": {"shape", "dtype"}, "npz": {"arrays"},
+                  "tensorrt-engine": {"tensorrt_version", "compute_capability"}}
+_ANY = object()  # a scoring field whose value 0.1.0 computed (checked against its copy, if any)
+#: Per method: graph outputs, scoring keys (with the values 0.1.0 always wrote), the sub-section
+#: that names the data files and its keys, and the file names that sub-section must give.
+_V1_SPEC: dict[str, dict[str, Any]] = {
+    "patchcore": {
+        "outputs": ["patch_features"],
+        "scoring": {"feature_output": "patch_features", "patch_grid": _ANY, "num_neighbors": _ANY, "blur_sigma": _ANY,
+                    "image_score": "eq. 7 reweighted max patch distance", "bank": _ANY},
+        "data": ("bank", frozenset({"file", "format", "index_type", "size", "dim", "exact"})),
+    },
+    "padim": {
+        "outputs": ["embedding"],
+        "scoring": {"embedding_output": "embedding", "patch_grid": _ANY, "blur_sigma": _ANY,
+                    "image_score": "max of the smoothed Mahalanobis map", "gaussian": _ANY},
+        "data": ("gaussian", frozenset({"file", "form", "dtype", "positions", "dim", "epsilon"})),
+        "fixed": {"file": "gaussian.npz",
+                  "form": "cholesky-of-inverse, packed lower triangle (numpy tril_indices order)"},
+        "files": {"gaussian.npz": "npz"},
+    },
+    "spade": {
+        "outputs": ["image_feature", "feature_map"],
+        "scoring": {"image_output": "image_feature", "map_output": "feature_map", "patch_grid": _ANY,
+                    "blur_sigma": _ANY, "k": _ANY, "image_score": "mean distance to the k nearest training images",
+                    "gallery": _ANY},
+        "data": ("gallery", frozenset({"images_file", "maps_file", "images", "image_dim", "map_dim", "dtype",
+                                       "bytes_per_image"})),
+        "fixed": {"images_file": "gallery_images.faiss", "maps_file": "gallery_maps.npz"},
+        "files": {"gallery_images.faiss": "faiss-index", "gallery_maps.npz": "npz"},
+    },
+}
+#: PatchCore's bank, by format: the fixed fields and the file it wrote.
+_V1_BANKS = {
+    "faiss": ({"file": "memory_bank.faiss"}, {"memory_bank.faiss": "faiss-index"}),
+    "npz": ({"file": "memory_bank.npz", "index_type": "numpy-exact", "exact": True}, {"memory_bank.npz": "npz"}),
+}
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _shown_field(where: str) -> str:
+    """A field path for a message; a key from a hostile manifest may be long."""
+    return where if len(where) <= 80 else where[:77] + "..."
+
+
+def _v1_refusal(path: Path, what: str) -> BundleError:
+    return BundleError(
+        f"{str(path)!r} says schema 1 (adexport 0.1.0) but {what}. A schema-1 manifest has no integrity digest, so "
+        "it is read only in the exact form 0.1.0 wrote: if a newer bundle was relabelled schema 1, restore its "
+        "manifest; otherwise re-export it (`adx export MODEL_FOLDER --out BUNDLE`)"
+    )
+
+
+def _v1_object(path: Path, field: str, obj: Any) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise _v1_refusal(path, f"{field} is {_shown(obj)}, where adexport 0.1.0 wrote an object")
+    return obj
+
+
+def _v1_keys(path: Path, field: str, obj: Any, expected: frozenset[str] | set[str],
+             optional: frozenset[str] = frozenset()) -> dict[str, Any]:
+    _v1_object(path, field or "the manifest", obj)
+    name = (lambda key: f"the section {key!r}") if not field else (lambda key: f"{field}.{key}")
+    extra = sorted(set(obj) - set(expected) - optional, key=str)
+    if extra:
+        raise _v1_refusal(path, f"it has {name(extra[0])}, which adexport 0.1.0 never wrote")
+    missing = sorted(set(expected) - set(obj))
+    if missing:
+        raise _v1_refusal(path, f"it lacks {name(missing[0])}, which adexport 0.1.0 always wrote")
+    return obj
+
+
+def _v1_value(path: Path, field: str, value: Any, allowed: tuple[Any, ...]) -> None:
+    # Same type as well as equal: True is not 1, and 0.1.0 wrote each of these with one type.
+    if not any(type(value) is type(a) and value == a for a in allowed):
+        valid = " or ".join(_shown(a) for a in allowed[:6])
+        raise _v1_refusal(path, f"{field} is {_shown(value)}, which adexport 0.1.0 never wrote (it wrote {valid})")
+
+
+def _v1_copy(path: Path, field: str, value: Any, source: str, expected: Any) -> None:
+    """``field`` must equal its copy ``source``, as 0.1.0 wrote both from one value."""
+    if value != expected or type(value) is not type(expected):
+        raise BundleError(
+            f"{str(path)!r} (schema 1, adexport 0.1.0): {field} is {_shown(value)} but {source} is "
+            f"{_shown(expected)}; adexport 0.1.0 wrote them equal, so the manifest was edited after export. A "
+            "schema-1 manifest has no integrity digest to tell more: restore the manifest from a copy, or re-export "
+            "the bundle (`adx export MODEL_FOLDER --out BUNDLE`)"
+        )
+
+
+def _check_schema1(m: dict[str, Any], path: Path) -> None:
+    """Refuse a schema-1 manifest unless it has exactly the sections, keys and fixed values
+    adexport 0.1.0 wrote for its method, and the fields that decide scores agree with the copies
+    0.1.0 wrote of them in ``method_config`` and ``backbone``.
+
+    This is no digest: a consistent edit of both copies passes (SECURITY.md says so). What it
+    stops is a schema-2 bundle read as schema 1 with anything 0.1.0 did not have (a postprocess
+    section, a grey input, search parameters, other methods), and a one-field edit.
+    """
+    _v1_keys(path, "", m, _V1_TOP, frozenset({"tensorrt"}))
+    _v1_value(path, "adexport_version", m["adexport_version"], (_V1_RELEASE,))
+    _v1_value(path, "method", m["method"], tuple(_V1_SPEC))
+    spec = _V1_SPEC[m["method"]]
+    inp = _v1_keys(path, "input", m["input"], _V1_INPUT)
+    for key, value in _V1_INPUT_FIXED.items():
+        _v1_value(path, f"input.{key}", inp[key], (value,))
+    _v1_value(path, "input.interpolation", inp["interpolation"], _V1_INTERPOLATIONS)
+
+    graph = _v1_keys(path, "graph", m["graph"], _V1_GRAPH)
+    _v1_value(path, "graph.file", graph["file"], ("model.onnx",))
+    for key, names in (("inputs", ["image"]), ("outputs", spec["outputs"])):
+        tensors = graph[key] if isinstance(graph[key], list) else []
+        got = [t.get("name") if isinstance(t, dict) else None for t in tensors]
+        if got != names:
+            raise _v1_refusal(path, f"graph.{key} are {_shown(got)}, where adexport 0.1.0 wrote {names} for "
+                                    f"{m['method']}")
+        for i, t in enumerate(tensors):
+            _v1_keys(path, f"graph.{key}[{i}]", t, _V1_TENSOR)
+            _v1_value(path, f"graph.{key}[{i}].dtype", t["dtype"], ("float32",))
+            shape = t["shape"]
+            _v1_value(path, f"graph.{key}[{i}].shape[0]", shape[0] if isinstance(shape, list) and shape else shape,
+                      ("batch",))
+    axes = {name: {"0": "batch"} for name in ["image", *spec["outputs"]]}
+    if graph["dynamic_axes"] != axes:
+        raise _v1_refusal(path, f"graph.dynamic_axes is {_shown(graph['dynamic_axes'])}, which adexport 0.1.0 "
+                                f"never wrote (it wrote {_shown(axes)})")
+    trt = "tensorrt" in m
+    if trt:
+        _v1_keys(path, "tensorrt", m["tensorrt"], _V1_TENSORRT)
+        _v1_value(path, "tensorrt.engine_dir", m["tensorrt"]["engine_dir"], ("engines",))
+    elif graph["max_batch"] is not None:
+        raise _v1_refusal(path, f"graph.max_batch is {_shown(graph['max_batch'])} without a tensorrt section, "
+                                "which adexport 0.1.0 never wrote (it wrote None)")
+
+    scoring = _v1_keys(path, "scoring", m["scoring"], frozenset(spec["scoring"]))
+    for key, value in spec["scoring"].items():
+        if value is not _ANY:
+            _v1_value(path, f"scoring.{key}", scoring[key], (value,))
+    data_key, data_keys = spec["data"]
+    data = _v1_keys(path, f"scoring.{data_key}", scoring[data_key], data_keys)
+    fixed, expected_files = spec.get("fixed", {}), spec.get("files", {})
+    if m["method"] == "patchcore":
+        _v1_value(path, "scoring.bank.format", data["format"], tuple(_V1_BANKS))
+        fixed, expected_files = _V1_BANKS[data["format"]]
+        if data["format"] == "faiss":
+            index_type = data["index_type"]
+            exact = isinstance(index_type, str) and index_type.replace(" ", "") in ("Flat", "IDMap,Flat")
+            _v1_copy(path, "scoring.bank.exact", data["exact"], "what scoring.bank.index_type implies", exact)
+    for key, value in fixed.items():
+        _v1_value(path, f"scoring.{data_key}.{key}", data[key], (value,))
+
+    files = m["files"] if isinstance(m["files"], list) else []
+    expected = {"model.onnx": "onnx-graph", **expected_files}
+    seen: set[str] = set()
+    for i, entry in enumerate(files):
+        rel = entry.get("path") if isinstance(entry, dict) else None
+        if not isinstance(rel, str):
+            raise _v1_refusal(path, f"files[{i}] is {_shown(entry)}, where adexport 0.1.0 wrote a path and checksum")
+        kind = expected.get(rel)
+        if kind is None and trt and rel.startswith("engines/"):
+            kind = "tensorrt-engine"
+        if kind is None or rel in seen:
+            raise _v1_refusal(path, f"files lists {_shown(rel)}{' twice' if rel in seen else ''}, which adexport 0.1.0 "
+                                    f"never wrote for a {m['method']} bundle")
+        seen.add(rel)
+        _v1_keys(path, f"files[{i}]", entry, {"path", "kind", "bytes", "sha256", *_V1_FILE_EXTRA[kind]})
+        _v1_value(path, f"files[{i}].kind", entry["kind"], (kind,))
+    missing = sorted(set(expected) - seen)
+    if missing or (trt and not any(rel.startswith("engines/") for rel in seen)):
+        raise _v1_refusal(path, f"files does not list {_shown(missing[0]) if missing else 'an engine'}, which "
+                                "adexport 0.1.0 always wrote")
+
+    # The copies: 0.1.0 wrote each of these fields twice, from one value.
+    backbone = _v1_object(path, "backbone", m["backbone"])
+    config = _v1_object(path, "method_config", m["method_config"])
+    _v1_copy(path, "input.mean", inp["mean"], "backbone.mean", backbone.get("mean"))
+    _v1_copy(path, "input.std", inp["std"], "backbone.std", backbone.get("std"))
+    _v1_copy(path, "input.interpolation", inp["interpolation"], "method_config.interpolation",
+             config.get("interpolation"))
+    size = config.get("image_size")
+    if type(size) is not int or size < 8:
+        raise _v1_refusal(path, f"method_config.image_size is {_shown(size)}, where adexport 0.1.0 wrote an integer")
+    for key in ("resize", "input_size"):
+        _v1_copy(path, f"input.{key}", inp[key], "[method_config.image_size] * 2", [size, size])
+    _v1_copy(path, "graph.inputs[0].shape", graph["inputs"][0]["shape"], "[batch, 3, *input.input_size]",
+             ["batch", 3, size, size])
+    _v1_copy(path, "scoring.blur_sigma", scoring["blur_sigma"], "method_config.blur_sigma", config.get("blur_sigma"))
+    # The patch grid: the input size over the first stage's stride (SPADE: over its map stride).
+    stride_field = "method_config.map_stride" if m["method"] == "spade" else "backbone.strides[0]"
+    strides = backbone.get("strides")
+    stride = config.get("map_stride") if m["method"] == "spade" else (
+        strides[0] if isinstance(strides, list) and strides else None)
+    if type(stride) is not int or stride < 1:
+        raise _v1_refusal(path, f"{stride_field} is {_shown(stride)}, where adexport 0.1.0 wrote a positive integer")
+    grid = [size // stride, size // stride]
+    _v1_copy(path, "scoring.patch_grid", scoring["patch_grid"], f"the input size // {stride_field}", grid)
+    positions = grid[0] * grid[1]
+    map_output = graph["outputs"][-1]["shape"]
+    _v1_copy(path, f"graph.outputs[{len(spec['outputs']) - 1}].shape[1]",
+             map_output[1] if isinstance(map_output, list) and len(map_output) > 1 else None,
+             "the positions of scoring.patch_grid", positions)
+    if m["method"] == "patchcore":
+        _v1_copy(path, "scoring.num_neighbors", scoring["num_neighbors"], "method_config.num_neighbors",
+                 config.get("num_neighbors"))
+    elif m["method"] == "padim":
+        _v1_copy(path, "scoring.gaussian.positions", data["positions"], "the positions of scoring.patch_grid",
+                 positions)
+        _v1_copy(path, "scoring.gaussian.dim", data["dim"], "method_config.n_features", config.get("n_features"))
+        _v1_copy(path, "scoring.gaussian.epsilon", data["epsilon"], "method_config.epsilon", config.get("epsilon"))
+        _v1_copy(path, "scoring.gaussian.dtype", data["dtype"], "method_config.store_dtype", config.get("store_dtype"))
+    else:
+        k, images = config.get("k"), data["images"]
+        _v1_copy(path, "scoring.k", scoring["k"], "min(method_config.k, scoring.gallery.images)",
+                 min(k, images) if type(k) is int and type(images) is int else None)
+        _v1_copy(path, "scoring.gallery.dtype", data["dtype"], "method_config.store_dtype", config.get("store_dtype"))
 
 
 # ------------------------------------------------------------------------------------ validation
@@ -195,9 +431,68 @@ def _parse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _first_non_finite(value: Any) -> tuple[str, float] | None:
+    """The field path and value of the first infinite number in parsed JSON, or None.
+
+    JSON has no infinity, but ``json.loads`` reads a literal too large for a float (``1e999``) as
+    one; nothing adexport writes holds such a number, and one left in would surface as a
+    ValueError in the digest or an overflow in scoring. Walked with a stack, not recursion: a
+    manifest that nests deeply but parsed must not fail here instead.
+    """
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        where, v = stack.pop()
+        if isinstance(v, float) and not math.isfinite(v):
+            return where, v
+        if isinstance(v, dict):
+            stack.extend((f"{where}.{k}" if where else str(k), item) for k, item in reversed(list(v.items())))
+        elif isinstance(v, list):
+            stack.extend((f"{where}[{i}]", item) for i, item in reversed(list(enumerate(v))))
+    return None
+
+
+def _link_target(path: Path) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return "?"
+
+
+def _read_manifest_bytes(root: Path, path: Path) -> bytes:
+    """The manifest's bytes, refusing a symbolic link (wherever it points, even inside the folder:
+    export never writes one, and following it would read a file no listing covers) and anything
+    that is not a regular file, before and while opening it."""
+    if path.is_symlink():
+        raise BundleError(f"{str(path)!r} is a symbolic link (to {_link_target(path)!r}), not the manifest export "
+                          "wrote; refusing to follow it. Copy the real manifest.json into the bundle folder, or "
+                          "re-export the bundle")
+    if not path.is_file():
+        raise BundleError(
+            f"{str(root)!r} is not a bundle: it has no {MANIFEST}. Create one with `adx export`."
+        )
+    # O_NOFOLLOW: a link swapped in after the check above fails to open (ELOOP) instead of being
+    # followed; O_NONBLOCK: a pipe swapped in does not block the open.
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise BundleError(f"cannot open {str(path)!r} ({exc.strerror}); it must be a readable regular file, "
+                          "not a link") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise BundleError(f"{str(path)!r} is not a regular file; re-export the bundle")
+        if st.st_size > MAX_MANIFEST_BYTES:
+            raise BundleError(f"{str(path)!r} is {st.st_size:,} bytes, more than a manifest can be "
+                              f"({MAX_MANIFEST_BYTES:,}); it is not an adexport manifest: re-export the bundle")
+        return f.read(MAX_MANIFEST_BYTES + 1)
+
+
 def read_manifest(bundle_dir: str | Path, *, export_in_progress: bool = False) -> dict[str, Any]:
     """Parse the manifest and check its format, schema version, field types, the digest of its
-    protected sections and that the export's parity check completed (no checksums; see verify).
+    protected sections (schema 1: its form, see :func:`_check_schema1`) and that the export's
+    parity check completed (no checksums; see verify). ``manifest.json`` must be a regular file,
+    not a symbolic link, and hold no infinite number.
 
     ``export_in_progress`` is for export's own parity check, which loads the bundle before its
     parity section exists; nothing else may pass it.
@@ -206,20 +501,21 @@ def read_manifest(bundle_dir: str | Path, *, export_in_progress: bool = False) -
     if not root.is_dir():
         raise BundleError(f"bundle {str(root)!r} does not exist or is not a folder")
     path = root / MANIFEST
-    if not path.is_file():
-        raise BundleError(
-            f"{str(root)!r} is not a bundle: it has no {MANIFEST}. Create one with `adx export`."
-        )
-    size = path.stat().st_size
-    if size > MAX_MANIFEST_BYTES:
-        raise BundleError(f"{str(path)!r} is {size:,} bytes, more than a manifest can be ({MAX_MANIFEST_BYTES:,}); "
+    data = _read_manifest_bytes(root, path)
+    if len(data) > MAX_MANIFEST_BYTES:  # grew since the size check
+        raise BundleError(f"{str(path)!r} is more than a manifest can be ({MAX_MANIFEST_BYTES:,} bytes); "
                           "it is not an adexport manifest: re-export the bundle")
     try:
-        manifest = json.loads(path.read_bytes().decode("utf-8"), parse_constant=_parse_constant)
+        manifest = json.loads(data.decode("utf-8"), parse_constant=_parse_constant)
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
         raise BundleError(f"{str(path)!r} is not valid JSON ({exc}); re-export the bundle") from None
     except RecursionError:
         raise BundleError(f"{str(path)!r} nests too deeply to be an adexport manifest; re-export the bundle") from None
+    bad = _first_non_finite(manifest)
+    if bad is not None:
+        raise BundleError(f"{str(path)!r}: {_shown_field(bad[0])} is {bad[1]}, not a finite number (a JSON number "
+                          "too large for a float, such as 1e999); adexport never writes one. Restore the manifest "
+                          "or re-export the bundle")
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{str(path)!r} is not an adexport manifest (format field is not {BUNDLE_FORMAT!r})")
     version = manifest.get("schema_version")
@@ -239,7 +535,12 @@ def read_manifest(bundle_dir: str | Path, *, export_in_progress: bool = False) -
     if version == 2 and ("postprocess" not in manifest or not isinstance(manifest["scoring"], dict)
                          or "kind" not in manifest["scoring"]):
         raise BundleError(f"{str(path)!r} lacks scoring.kind or the postprocess section; re-export the bundle")
-    _check_integrity(manifest, path)  # on the manifest as written, before the in-memory upgrade
+    # On the manifest as written, before the in-memory upgrade: schema 2 by its digests, schema 1
+    # (which has none) by being exactly what adexport 0.1.0 wrote.
+    if version == 1:
+        _check_schema1(manifest, path)
+    else:
+        _check_integrity(manifest, path)
     if not export_in_progress:
         parity = manifest.get("parity")
         if not isinstance(parity, dict) or parity.get("passed") is not True:
@@ -302,21 +603,15 @@ def _confined(root: Path, rel: Any, what: str) -> Path:
     return path
 
 
-#: (real path, size, mtime_ns, inode) -> sha256: a file verified at load is not hashed again when a
-#: scorer opens it a moment later; any change to the file changes the key.
-_VERIFIED: dict[tuple[str, int, int, int], str] = {}
-
-
 def _checked_sha256(path: Path) -> str:
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
-    digest = _VERIFIED.get(key)
-    if digest is None:
-        digest = sha256_file(path)
-        if len(_VERIFIED) > 256:
-            _VERIFIED.clear()
-        _VERIFIED[key] = digest
-    return digest
+    """The file's sha256, computed now, every time.
+
+    No cache: one keyed on size, mtime and inode trusted a file edited in place with its mtime put
+    back (``os.utime``), and a long-running process (``adx serve``, a watcher) would have scored
+    with the edited bank on its next load. The cost is hashing each file twice per load (once in
+    :func:`verify_files`, once when it is opened), about 1.4 s per GB on one core.
+    """
+    return sha256_file(path)
 
 
 def bundle_file(bundle_dir: str | Path, manifest: dict[str, Any], name: Any, *, what: str = "file") -> Path:
@@ -417,11 +712,24 @@ def manifest_lock(bundle_dir: str | Path, timeout: float | None = None) -> Itera
     then fails with a message instead of overwriting the first one's change."""
     timeout = LOCK_TIMEOUT_S if timeout is None else timeout
     path = Path(bundle_dir) / LOCK_FILE
+    # A symbolic link is refused, dangling or not: O_CREAT would follow it and create (or lock) a
+    # file wherever it points, outside the bundle. The check names the problem; O_NOFOLLOW closes
+    # the gap between it and the open (where the platform has it).
+    if path.is_symlink():
+        raise BundleError(f"the lock file {str(path)!r} is a symbolic link (to {_link_target(path)!r}), which adexport "
+                          "never makes; refusing to follow it out of the bundle. Remove the link and run again")
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~current_umask())
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666 & ~current_umask())
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise BundleError(f"the lock file {str(path)!r} is a symbolic link, which adexport never makes; refusing "
+                              "to follow it out of the bundle. Remove the link and run again") from None
         raise BundleError(f"cannot create the lock file {str(path)!r} ({exc.strerror}); the bundle folder must be "
                           "writable to change its manifest") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BundleError(f"the lock file {str(path)!r} is not a regular file (a pipe or device?); remove it and run "
+                          "again")
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -462,45 +770,146 @@ def _pid_alive(pid: int) -> bool:
 
 _PARTIAL = re.compile(r"^\.(?P<name>.+)\.pid(?P<pid>\d+)\.[^.]+\.partial$")
 
+#: Written by :func:`atomic_dir` into every temporary folder it makes, naming the writing process
+#: and the destination; removed just before the rename, so a finished bundle never holds it. A
+#: folder's name alone proves nothing (a user's folder, or one copied from another machine, can look
+#: like a partial export), so :func:`clean_stale_partials` removes only folders that carry it.
+PARTIAL_MARKER = ".adx-partial"
+
+
+def _partial_marker(pid: int, dest: Path) -> str:
+    return json.dumps({"format": "adexport-partial", "pid": pid, "dest": dest.name}, sort_keys=True)
+
+
+def _made_by_atomic_dir(folder: Path, pid: int, dest: Path) -> bool:
+    """Whether ``folder`` holds the marker :func:`atomic_dir` wrote for process ``pid`` and ``dest``."""
+    marker = folder / PARTIAL_MARKER
+    try:
+        st = marker.lstat()
+        if not stat.S_ISREG(st.st_mode) or st.st_size > 4096:
+            return False
+        return marker.read_text(encoding="utf-8") == _partial_marker(pid, dest)
+    except (OSError, UnicodeDecodeError):
+        return False
+
 
 def clean_stale_partials(dest: Path) -> list[Path]:
-    """Remove ``.NAME.pidPID.XXXX.partial`` siblings of ``dest`` whose writing process is gone
-    (killed during an export or a save); returns what was removed."""
-    removed = []
+    """Remove ``.NAME.pidPID.XXXX.partial`` siblings of ``dest`` that :func:`atomic_dir` made (they
+    carry its marker) and whose writing process is gone (killed during an export or a save);
+    returns what was removed. Anything else with such a name is left alone."""
+    removed: list[Path] = []
     if not dest.parent.is_dir():
         return removed
     for p in dest.parent.iterdir():
         m = _PARTIAL.match(p.name)
-        if m and m["name"] == dest.name and p.is_dir() and not p.is_symlink() and not _pid_alive(int(m["pid"])):
+        if (m and m["name"] == dest.name and p.is_dir() and not p.is_symlink() and not _pid_alive(int(m["pid"]))
+                and _made_by_atomic_dir(p, int(m["pid"]), dest)):
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
     return removed
 
 
-#: What a folder may hold to count as a bundle that ``--overwrite`` may replace.
-def is_bundle_folder(path: Path) -> str | None:
-    """None if ``path`` is a bundle that may be replaced, else why not."""
+def _manifest_listing(path: Path) -> tuple[dict[str, str], str | None]:
+    """``{relative path: sha256}`` of the files ``path``'s manifest lists, or the reason it is not
+    an adexport manifest. Read without :func:`read_manifest`'s checks: a bundle that no longer
+    loads (tampered, or from another version) may still be replaced, if every file is export's."""
     manifest = path / MANIFEST
-    if not manifest.is_file():
-        return f"it has no {MANIFEST}"
     try:
-        data = json.loads(manifest.read_bytes()[:MAX_MANIFEST_BYTES].decode("utf-8"))
+        st = manifest.lstat()
+    except FileNotFoundError:
+        return {}, f"it has no {MANIFEST}"
+    except OSError as exc:
+        return {}, f"its {MANIFEST} cannot be read ({exc.strerror})"
+    if not stat.S_ISREG(st.st_mode):
+        return {}, f"its {MANIFEST} is not a regular file"
+    if st.st_size > MAX_MANIFEST_BYTES:
+        return {}, f"its {MANIFEST} is {st.st_size:,} bytes, more than an adexport manifest can be"
+    try:
+        data = json.loads(manifest.read_bytes().decode("utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError):
-        return f"its {MANIFEST} is not valid JSON"
+        return {}, f"its {MANIFEST} is not valid JSON"
+    except OSError as exc:
+        return {}, f"its {MANIFEST} cannot be read ({exc.strerror})"
     if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
-        return f"its {MANIFEST} is not an adexport manifest"
-    files = data.get("files") if isinstance(data.get("files"), list) else []
-    known = {MANIFEST, LOCK_FILE, "engines"} | {str(e.get("path", "")).split("/")[0] for e in files if isinstance(e, dict)}
-    extra = sorted(p.name for p in path.iterdir() if p.name not in known)
-    if extra:
-        shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
-        return f"it holds files that are not part of the bundle ({shown})"
+        return {}, f"its {MANIFEST} is not an adexport manifest"
+    files = data.get("files")
+    if type(data.get("schema_version")) is not int or not isinstance(files, list):
+        return {}, f"its {MANIFEST} has no schema_version or no files list, so its files cannot be verified"
+    listed: dict[str, str] = {}
+    for entry in files:
+        ok = (isinstance(entry, dict) and isinstance(entry.get("path"), str)
+              and isinstance(entry.get("sha256"), str) and _SHA256.match(entry["sha256"]) is not None)
+        if not ok:
+            return {}, f"its {MANIFEST} lists a file without a path and a sha256 ({str(entry)[:80]}), so it cannot be verified"
+        listed[entry["path"]] = entry["sha256"]
+    return listed, None
+
+
+def _unexpected_in_tree(path: Path, listed: dict[str, str]) -> tuple[list[tuple[str, Path]], str | None]:
+    """Walk ``path`` (never following links) and return the listed files found, or the first
+    thing export did not write: an unlisted file or folder, a link, a device or pipe."""
+    folders = {str(parent) for rel in listed for parent in PurePosixPath(rel).parents if str(parent) != "."}
+    found: list[tuple[str, Path]] = []
+
+    def walk(folder: Path, prefix: str) -> str | None:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            return f"the folder {prefix or '.'} cannot be listed ({exc.strerror})"
+        for e in entries:
+            rel = prefix + e.name
+            if e.is_symlink():
+                return f"it holds a symbolic link, which export never writes ({rel})"
+            if e.is_dir(follow_symlinks=False):
+                if rel not in folders:
+                    return f"it holds a folder that is not part of the bundle ({rel}/)"
+                problem = walk(Path(e.path), rel + "/")
+                if problem is not None:
+                    return problem
+            elif not e.is_file(follow_symlinks=False):
+                return f"it holds something that is not a regular file ({rel}: a device, pipe or socket)"
+            elif rel == MANIFEST:
+                continue
+            elif rel == LOCK_FILE:
+                # manifest_lock creates it empty and never writes it: anything in it is not ours.
+                if e.stat(follow_symlinks=False).st_size != 0:
+                    return f"its {LOCK_FILE} is not empty, so it is not the lock file `adx calibrate` leaves"
+            elif rel not in listed:
+                return f"it holds files that are not part of the bundle ({rel})"
+            else:
+                found.append((rel, Path(e.path)))
+        return None
+
+    return found, walk(path, "")
+
+
+def is_bundle_folder(path: Path) -> str | None:
+    """None if ``path`` is a bundle this tool wrote, unchanged, so ``--overwrite`` may delete it;
+    else the reason it is not, naming the first path that is not export's.
+
+    Every entry of the folder tree (recursively, ``engines/`` too) must be the manifest, the empty
+    lock file, or a file its ``files`` lists with the recorded sha256; no links, no other folders.
+    A file that is listed but changed is the user's now, and is not deleted either. Listed files
+    that are missing are no obstacle: replacing them deletes nothing. Names are checked before
+    anything is hashed, so a large folder that is not a bundle is refused quickly."""
+    listed, reason = _manifest_listing(path)
+    if reason is not None:
+        return reason
+    found, reason = _unexpected_in_tree(path, listed)
+    if reason is not None:
+        return reason
+    for rel, file in found:
+        actual = _checked_sha256(file)
+        if actual != listed[rel]:
+            return (f"{rel} changed since export (sha256 {actual[:12]}..., the manifest records "
+                    f"{listed[rel][:12]}...)")
     return None
 
 
 def check_replaceable(dest: str | Path, overwrite: bool, *,
                       replaceable: Callable[[Path], str | None] = is_bundle_folder, what: str = "bundle") -> None:
-    """Refuse an existing ``dest`` unless ``overwrite`` and it is a ``what`` (see :func:`atomic_dir`)."""
+    """Refuse an existing ``dest`` unless ``overwrite`` and ``replaceable(dest)`` says it is a
+    ``what`` this tool wrote (it returns None, or the reason it is not; see :func:`atomic_dir`)."""
     dest = Path(dest)
     if not (dest.exists() or dest.is_symlink()):
         return
@@ -511,8 +920,9 @@ def check_replaceable(dest: str | Path, overwrite: bool, *,
                           "Choose another path or remove it yourself.")
     reason = replaceable(dest)
     if reason is not None:
-        raise BundleError(f"refusing to overwrite {str(dest)!r}: it is not a {what} ({reason}); --overwrite "
-                          f"replaces only a {what}. Choose another path or move those files away first.")
+        raise BundleError(f"refusing to overwrite {str(dest)!r}: it is not a {what} ({reason}); --overwrite replaces "
+                          f"only a {what} this tool wrote, unchanged, and never deletes anything else. Remove it "
+                          "yourself or choose another --out.")
 
 
 @contextlib.contextmanager
@@ -521,10 +931,13 @@ def atomic_dir(dest: str | Path, *, overwrite: bool = False,
     """Yield a hidden temporary sibling of ``dest``; on success it is renamed to ``dest``.
 
     With ``overwrite`` an existing ``dest`` is replaced only if ``replaceable(dest)`` says it is a
-    ``what`` (it returns None, or the reason it is not); anything else is refused. The old folder is
-    moved to ``.NAME.old`` until the new one is in place, then removed. On any exception the
-    temporary folder is removed and ``dest`` is left as it was. The temporary folder's name records
-    this process id, so one left by a killed process is removed at the next write to ``dest``.
+    ``what`` this tool wrote (it returns None, or the reason it is not); anything else is refused.
+    The check runs again just before the swap, so a file added to ``dest`` while the body ran is
+    not deleted with it (nor is a ``dest`` that appeared meanwhile replaced without ``overwrite``).
+    The old folder is moved to ``.NAME.old`` until the new one is in place, then removed. On any
+    exception the temporary folder is removed and ``dest`` is left as it was. The temporary folder's
+    name records this process id and it holds :data:`PARTIAL_MARKER` (removed before the rename), so
+    one left by a killed process is removed at the next write to ``dest``, and nothing else is.
     """
     dest = Path(dest)
     check_replaceable(dest, overwrite, replaceable=replaceable, what=what)
@@ -532,15 +945,20 @@ def atomic_dir(dest: str | Path, *, overwrite: bool = False,
     clean_stale_partials(dest)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.pid{os.getpid()}.", suffix=".partial", dir=dest.parent))
     try:
+        (tmp / PARTIAL_MARKER).write_text(_partial_marker(os.getpid(), dest), encoding="utf-8")
         yield tmp
+        (tmp / PARTIAL_MARKER).unlink(missing_ok=True)  # a finished bundle never holds it
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700
+        # Again, now: the body may have run for minutes, and only what is verified now is deleted.
+        check_replaceable(dest, overwrite, replaceable=replaceable, what=what)
         if dest.exists():
             # Swap: move the old one aside first so a crash never leaves no bundle at all.
             old = dest.with_name(f".{dest.name}.old")
             if old.exists() or old.is_symlink():
-                if old.is_symlink() or not old.is_dir() or replaceable(old) is not None:
+                reason = "it is not a folder" if old.is_symlink() or not old.is_dir() else replaceable(old)
+                if reason is not None:
                     raise BundleError(f"{str(old)!r} is in the way of replacing {str(dest)!r} and is not an old "
-                                      f"{what}; move it away and run again")
+                                      f"{what} ({reason}); move it away and run again")
                 shutil.rmtree(old)
             os.replace(dest, old)
             try:

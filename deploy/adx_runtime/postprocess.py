@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from adx_runtime.errors import BundleError, ConfigError
+from adx_runtime.preprocess import PreprocessConfig
 
 SMOOTHING_TYPES = ("gaussian", "mean", "none")
 IMAGE_SCORE_RULES = ("max", "mean_top_k", "scorer")
@@ -99,6 +100,48 @@ class PostprocessSpec:
             raise BundleError(f"manifest 'postprocess' section: {exc}") from None
 
 
+def _grid_fits_input(grid: tuple[int, int], size: tuple[int, int]) -> None:
+    """A patch grid finer than the input is impossible (a cell cannot be smaller than a pixel);
+    refused before the upsampling matrices (``(H, h)`` and ``(w, W)``) are sized by it: a grid of
+    ``[1e9, 1e9]`` asked for 477 GiB."""
+    if len(grid) != 2 or grid[0] > size[0] or grid[1] > size[1]:
+        raise BundleError(f"manifest postprocess.patch_grid {list(grid)} is finer than the input size {list(size)} "
+                          "(valid: 1 <= h <= input height, 1 <= w <= input width; a grid cell cannot be smaller than "
+                          "a pixel); the manifest does not fit its graph. Re-export the bundle.")
+
+
+def check_patch_grid(manifest: dict[str, Any], output: str, layout: str) -> tuple[int, int]:
+    """The manifest's ``patch_grid``, checked when the bundle is opened against the input size and
+    against the graph output ``output`` the scorer turns into the map: ``layout`` ``"flat"`` is
+    ``(B, h * w, D)`` (patch features, embeddings), ``"map"`` is ``(B, h, w)`` or ``(B, 1, h, w)``.
+    Dimensions the manifest leaves symbolic are not checked here (the scorer checks them per batch).
+    A bundle's manifest always has ``input`` and ``graph`` (:func:`adx_runtime.bundle.read_manifest`
+    requires them); a scorer built from a partial manifest (a unit test) skips what it lacks, and
+    :class:`MapPostprocessor` checks the input size again before it allocates."""
+    grid = tuple(manifest["postprocess"]["patch_grid"])
+    if "input" in manifest:
+        _grid_fits_input(grid, tuple(PreprocessConfig.from_dict(manifest["input"]).input_size))
+    h, w = grid
+    outputs = manifest["graph"]["outputs"] if "graph" in manifest else []
+    if not outputs:
+        return (h, w)
+    shape = next((o.get("shape") for o in outputs if o.get("name") == output), None)
+    dims = [d if type(d) is int else None for d in shape] if isinstance(shape, list) else []
+
+    def fits(want: list[int | None]) -> bool:
+        return len(dims) == len(want) and all(a is None or b is None or a == b for a, b in zip(dims, want))
+
+    if layout == "flat":
+        ok, expected = fits([None, h * w, None]), f"(batch, {h * w}, D)"
+    else:
+        ok, expected = fits([None, h, w]) or fits([None, 1, h, w]), f"(batch, {h}, {w}) or (batch, 1, {h}, {w})"
+    if not ok:
+        raise BundleError(f"manifest postprocess.patch_grid {list(grid)} does not match the graph output {output!r} "
+                          f"of shape {shape} (that grid needs {expected}); the graph and manifest do not belong "
+                          "together. Re-export the bundle.")
+    return (h, w)
+
+
 def gaussian_radius(sigma: float, size: int) -> int:
     """Kernel radius: 4 sigma (as scipy truncates), limited so reflect padding fits the map."""
     return max(0, min(int(4.0 * sigma + 0.5), size - 1))
@@ -165,6 +208,7 @@ class MapPostprocessor:
     def __init__(self, spec: PostprocessSpec, out: tuple[int, int]):
         if spec.patch_grid is None:
             raise ValueError("this method has no map to post-process")
+        _grid_fits_input(spec.patch_grid, out)  # before the (H, h) and (w, W) matrices are allocated
         (h, w), (H, W) = spec.patch_grid, out
         self.spec, self.grid, self.out = spec, (h, w), (H, W)
         self.rows = (smoothing_matrix(H, spec) @ bilinear_matrix(H, h)).astype(np.float32)  # (H, h)

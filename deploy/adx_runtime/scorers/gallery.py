@@ -20,6 +20,8 @@ import numpy as np
 from adx_runtime.bundle import bundle_file
 from adx_runtime.errors import BundleError, ConfigError
 from adx_runtime.knn import open_bank, squared_to_distance
+from adx_runtime.npz import read_npz
+from adx_runtime.postprocess import check_patch_grid
 from adx_runtime.scorers import ScoreOutput
 
 
@@ -29,7 +31,7 @@ class GalleryScorer:
         s = manifest["scoring"]
         try:
             self.image_output, self.map_output = s["image_output"], s["map_output"]
-            self.grid = tuple(manifest["postprocess"]["patch_grid"])
+            self.grid = check_patch_grid(manifest, self.map_output, "flat")
             self.k = int(s["k"])
             self.k_pixel = int(s.get("k_pixel", self.k))  # bundles before k_pixel compared with all k
             g = s["gallery"]
@@ -42,9 +44,9 @@ class GalleryScorer:
                                         what="scoring.gallery.pixel_bank")
                 self.backend = f"{self.images.backend}; pixel coreset: {self.pixels.backend}"
                 return
-            with np.load(bundle_file(bundle_dir, manifest, g["maps_file"], what="scoring.gallery.maps_file"),
-                         allow_pickle=False) as data:
-                self.maps = np.ascontiguousarray(data["feature_maps"], dtype=np.float32)  # (N, h*w, D)
+            maps = read_npz(bundle_file(bundle_dir, manifest, g["maps_file"], what="scoring.gallery.maps_file"),
+                            ["feature_maps"], what="SPADE gallery maps")["feature_maps"]
+            self.maps = np.ascontiguousarray(maps, dtype=np.float32)  # (N, h*w, D)
         except KeyError as exc:
             raise BundleError(f"SPADE bundle lacks {exc.args[0]!r} in its scoring data; re-export it") from None
         if self.maps.shape[0] != self.images.size or self.maps.shape[1] != self.grid[0] * self.grid[1]:

@@ -31,6 +31,8 @@ import numpy as np
 
 from adx_runtime.bundle import bundle_file
 from adx_runtime.errors import BundleError
+from adx_runtime.npz import read_npz
+from adx_runtime.postprocess import check_patch_grid
 from adx_runtime.scorers import ScoreOutput
 
 #: Column-block width of the triangle, about: d = 100 gives 4 blocks of 25.
@@ -125,11 +127,13 @@ class GaussianScorer:
         try:
             self.output = s["embedding_output"]
             grid = manifest["postprocess"]["patch_grid"]
-            self.grid = tuple(grid) if grid else None  # None: one Gaussian, image-level scores
+            # None: one Gaussian, image-level scores
+            self.grid = check_patch_grid(manifest, self.output, "flat") if grid else None
             g = s["gaussian"]
-            with np.load(bundle_file(bundle_dir, manifest, g["file"], what="scoring.gaussian.file"), allow_pickle=False) as data:
-                self.mean = np.ascontiguousarray(data["mean"], dtype=np.float32)
-                packed = data["chol_packed"]
+            data = read_npz(bundle_file(bundle_dir, manifest, g["file"], what="scoring.gaussian.file"),
+                            ["mean", "chol_packed"], what="Gaussian statistics")
+            self.mean = np.ascontiguousarray(data["mean"], dtype=np.float32)
+            packed = data["chol_packed"]
         except KeyError as exc:
             raise BundleError(f"Gaussian bundle lacks {exc.args[0]!r} in its scoring data; re-export it") from None
         P, d = self.mean.shape

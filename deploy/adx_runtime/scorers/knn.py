@@ -19,6 +19,7 @@ import numpy as np
 
 from adx_runtime.errors import BundleError, ConfigError
 from adx_runtime.knn import open_bank
+from adx_runtime.postprocess import check_patch_grid
 from adx_runtime.scorers import ScoreOutput
 
 
@@ -42,7 +43,7 @@ class KnnScorer:
         s = manifest["scoring"]
         try:
             self.feature_output = s["feature_output"]
-            self.grid = tuple(manifest["postprocess"]["patch_grid"])
+            self.grid = check_patch_grid(manifest, self.feature_output, "flat")
             self.num_neighbors = int(s["num_neighbors"])
             self.bank = open_bank(Path(bundle_dir), manifest, s["bank"], bank_device, search_params)
         except KeyError as exc:

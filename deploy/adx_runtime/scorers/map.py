@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from adx_runtime.errors import BundleError
+from adx_runtime.postprocess import check_patch_grid
 from adx_runtime.scorers import ScoreOutput
 
 
@@ -26,7 +27,7 @@ class MapScorer:
         except KeyError:
             raise BundleError("manifest scoring section (kind map) lacks 'map_output'; re-export the bundle") from None
         self.image_output = s.get("image_output")
-        self.grid = tuple(manifest["postprocess"]["patch_grid"])
+        self.grid = check_patch_grid(manifest, self.map_output, "map")
 
     def __call__(self, outputs: dict[str, np.ndarray]) -> ScoreOutput:
         maps = outputs[self.map_output]
