@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import platform
 import tempfile
 import time
@@ -16,7 +17,7 @@ import warnings
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import numpy as np
 import torch
@@ -28,12 +29,13 @@ from adexport.methods.base import (EXPORT_OPTIONS, TOLERANCE_EXACT, TOLERANCE_FP
 from adexport.quantize import DEFAULT_CALIBRATION_IMAGES, QUANTIZE, calibration_subset, quantize_int8
 from adx_runtime import __version__
 from adx_runtime.bundle import (BUNDLE_FORMAT, MANIFEST, SCHEMA_VERSION, atomic_dir, check_replaceable, file_entry,
-                                integrity_section, write_json_atomic)
+                                integrity_section, load_manifest, write_json_atomic)
 from adx_runtime.datasets import load_split
 from adx_runtime.errors import AdxError, ConfigError, ExportError, ProviderError
 from adx_runtime.predictor import Predictor, tensorrt_provider_options
 from adx_runtime.preprocess import load_image, stack
 from adx_runtime.progress import SILENT, Progress
+from adx_runtime.scorers import SEARCHING_KINDS, check_ef_search_covers_k
 from adx_runtime.sessions import available_devices
 
 GRAPH_FILE = "model.onnx"
@@ -186,7 +188,10 @@ def export_bundle(
             memory bank only (``None``: the method's default).
         index_type: FAISS index factory string, e.g. ``Flat``, ``HNSW32``, ``IVF64,Flat``; methods
             with a memory bank only.
-        tolerance: parity tolerances overriding the method's declared ones.
+        tolerance: parity tolerances (``features``, ``image_scores``, ``maps``) overriding, key by key,
+            the ones this export would use (the method's, loosened for int8 and fp16); a key not
+            given keeps that default. ``adx export --parity-tolerance T`` sets ``image_scores`` and
+            ``maps``.
         max_batch: largest batch the TensorRT engine's shape profile accepts.
         quantize: ``int8``: a statically quantized graph (QDQ, per-channel weights) calibrated on
             ``calibration_images`` training images; refused by methods that declare int8 unsafe.
@@ -205,6 +210,7 @@ def export_bundle(
         raise ConfigError(f"--quantize {quantize!r} is not known; valid: {', '.join(QUANTIZE)} (or leave it out for float32)")
     if calibration_images < 1:
         raise ConfigError(f"--calibration-images must be >= 1, got {calibration_images}")
+    user_tolerance = _checked_tolerance(tolerance)
     fitted = model if isinstance(model, FittedMethod) else load_fitted(model)
     options = {k: v for k, v in (("bank", bank), ("index_type", index_type), ("search_params", search_params or None),
                                  ("shards", shards), ("accept_approximate", accept_approximate)) if v is not None}
@@ -227,6 +233,7 @@ def export_bundle(
         )
     images = _parity_images(fitted, parity_images)
     check_replaceable(out, overwrite)
+    previous = _previous_calibration(Path(out)) if overwrite else None
     seconds: dict[str, float] = {}
     with atomic_dir(out, overwrite=overwrite) as tmp:
         t0 = time.perf_counter()
@@ -247,6 +254,9 @@ def export_bundle(
         t1 = time.perf_counter()
         with progress.task("Writing scoring data", None):
             scoring, files = fitted.write_scoring_data(tmp, **options)
+        if fitted.scoring_kind in SEARCHING_KINDS:  # refused here as --search-param, not later as the bundle's value
+            check_ef_search_covers_k({"method": fitted.name, "scoring": {"kind": fitted.scoring_kind, **scoring}},
+                                     search_params)
         seconds.update(onnx_export=tq - t0, scoring_data=time.perf_counter() - t1)
         manifest: dict[str, Any] = {
             "format": BUNDLE_FORMAT,
@@ -269,10 +279,13 @@ def export_bundle(
         if quantization is not None:
             manifest["quantization"] = quantization
         _write_manifest(tmp, manifest)  # no parity section yet: the runtime refuses it until the check passed
-        if tolerance is None:
-            tolerance = props.tolerance
-            if quantization is not None:  # the looser of the two per quantity: both errors add up
-                tolerance = {k: max(v, TOLERANCE_INT8.get(k, v)) for k, v in tolerance.items()}
+        defaults = dict(props.tolerance)
+        if quantization is not None:  # the looser of the two per quantity: both errors add up
+            defaults = {k: max(v, TOLERANCE_INT8.get(k, v)) for k, v in defaults.items()}
+        # What the user gave wins key by key; the rest keep this export's defaults (before, a
+        # --parity-tolerance pinned the graph outputs to 1e-4, which no int8 graph can meet).
+        tolerance = {**defaults, **user_tolerance}
+        precision = "int8" if quantization is not None else "float32"
         t2 = time.perf_counter()
         with progress.task(f"Parity check on {len(images)} images (torch vs ONNX Runtime)", None):
             parity = parity_check(fitted, tmp, images, device="cpu", tolerance=tolerance)
@@ -283,17 +296,74 @@ def export_bundle(
             quantization["measured_error"] = {k: e["max_rel"] for k, e in parity["errors"].items()}
             quantization["tolerance"] = dict(tolerance)
             quantization["measure"] = "max |torch float32 - int8 runtime| / max |torch| over the parity images"
-        _refuse_if_failed(parity, "ONNX Runtime (cpu)" + (", int8 graph" if quantization else ""))
+        _refuse_if_failed(parity, "ONNX Runtime (cpu)" + (", int8 graph" if quantization else ""),
+                          set(user_tolerance), precision)
         if fmt == "tensorrt":
             manifest["tensorrt"], engine_files = _build_tensorrt(tmp, manifest, max_batch, fp16)
             manifest["files"] += engine_files
             _write_manifest(tmp, manifest)
-            trt_tol = TOLERANCE_FP16 if fp16 else tolerance
+            trt_defaults = {k: max(v, TOLERANCE_FP16.get(k, v)) for k, v in defaults.items()} if fp16 else defaults
+            trt_tol = {**trt_defaults, **user_tolerance}  # the user's tolerance applies to the engine too
             with progress.task("Parity check on the TensorRT engine", None):
                 manifest["tensorrt"]["parity"] = parity_check(fitted, tmp, images, device="tensorrt", tolerance=trt_tol)
-            _refuse_if_failed(manifest["tensorrt"]["parity"], "TensorRT")
+            _refuse_if_failed(manifest["tensorrt"]["parity"], "TensorRT", set(user_tolerance),
+                              "fp16" if fp16 else precision)
+        if previous is not None:
+            manifest["export_notes"] = [_carry_calibration(previous, manifest, Path(out))]
         _write_manifest(tmp, manifest)
     return manifest
+
+
+def _previous_calibration(out: Path) -> dict[str, Any] | None:
+    """What ``--overwrite`` is about to replace, when it holds thresholds set by ``adx calibrate``:
+    its calibration section, its protected-section digests, and why it did not verify (if it did
+    not). None when it has no such thresholds: nothing a user set is lost."""
+    try:
+        raw = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+        cal = raw["calibration"]
+        calibrated = any(isinstance(e, dict) and e.get("action") == "calibrate" for e in cal.get("history") or [])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # not a readable manifest: check_replaceable has said whether it may be replaced
+    if not calibrated:
+        return None
+    previous: dict[str, Any] = {"calibration": cal, "sections": None, "unverified": None}
+    try:
+        old = load_manifest(out)  # checksums and digests: only a bundle that verifies passes its thresholds on
+    except AdxError as exc:
+        previous["unverified"] = str(exc)
+        return previous
+    previous["calibration"] = old["calibration"]
+    previous["sections"] = (old.get("integrity") or {}).get("sections")
+    return previous
+
+
+def _thresholds(cal: dict[str, Any]) -> str:
+    image = (cal.get("image") or {}).get("threshold")
+    pixel = (cal.get("pixel") or {}).get("threshold")
+    return f"image {image:.4g}" + (f", pixel {pixel:.4g}" if isinstance(pixel, (int, float)) else "")
+
+
+def _carry_calibration(previous: dict[str, Any], manifest: dict[str, Any], out: Path) -> str:
+    """Keep the replaced bundle's ``adx calibrate`` thresholds when the new bundle scores exactly as
+    it did (every protected section has the same digest), else keep the export's own; returns the
+    note that says which. A threshold is only meaningful for the scores it was set on."""
+    old = _thresholds(previous["calibration"])
+    rerun = f"run `adx calibrate {out} DATASET` to set them again"
+    if previous["unverified"] is not None:
+        return (f"calibration: the bundle this replaced had thresholds set by `adx calibrate` ({old}) but did not "
+                f"verify ({previous['unverified']}), so they were not kept; the thresholds are the export's "
+                f"({_thresholds(manifest['calibration'])}); {rerun}")
+    new_sections = integrity_section(manifest)["sections"]
+    old_sections = previous["sections"] or {}
+    changed = sorted(n for n in set(new_sections) | set(old_sections) if new_sections.get(n) != old_sections.get(n))
+    if not changed:
+        manifest["calibration"] = previous["calibration"]
+        return (f"calibration: kept the calibration set by `adx calibrate` on the bundle this replaced ({old}, with "
+                "its history): the graph, scoring data and preprocessing are unchanged (same digests)")
+    why = f"the model changed ({', '.join(changed)} differ)" if old_sections else \
+        "the bundle this replaced records no digests to compare (schema 1)"
+    return (f"calibration: the thresholds set by `adx calibrate` on the bundle this replaced ({old}) were not kept: "
+            f"{why}; the thresholds are the export's ({_thresholds(manifest['calibration'])}); {rerun}")
 
 
 def _write_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> None:
@@ -313,15 +383,51 @@ def _training_images(fitted: FittedMethod) -> list[Path]:
     return [s.path for s in split.train]
 
 
-def _refuse_if_failed(parity: dict[str, Any], where: str) -> None:
+def _checked_tolerance(tolerance: dict[str, float] | None) -> dict[str, float]:
+    """The user's parity tolerances, each a known quantity with a finite value >= 0 (a NaN would
+    make every comparison pass)."""
+    out: dict[str, float] = {}
+    for key, value in (tolerance or {}).items():
+        if key not in TOLERANCE_EXACT:
+            raise ConfigError(f"parity tolerance {key!r} is not known; valid: {', '.join(TOLERANCE_EXACT)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
+            raise ConfigError(f"parity tolerance {key} must be a number >= 0, got {value!r} "
+                              "(a relative error: 0.05 allows 5% of the largest torch value)")
+        out[key] = float(value)
+    return out
+
+
+def _refuse_if_failed(parity: dict[str, Any], where: str, user_set: Collection[str] = (),
+                      precision: str = "float32") -> None:
+    """One line naming each quantity above its tolerance, who set that tolerance, and the option
+    that changes it (``--parity-tolerance`` sets scores and maps only, never the graph outputs)."""
     if parity["passed"]:
         return
-    lines = [f"  {k}: {parity['errors'][k]['max_rel']:.3g} > tolerance {parity['tolerance'][k]:.3g}" for k in parity["failed"]]
+    default = {"int8": "this method's default loosened for int8", "fp16": "this method's default loosened for fp16"}
+    parts, fixes = [], []
+    for k in parity["failed"]:
+        tol = parity["tolerance"][k]
+        if k in user_set:
+            source = "set by --parity-tolerance" if k != "features" else "set by tolerance['features']"
+        else:
+            source = default.get(precision, "this method's default")
+        parts.append(f"{k} {parity['errors'][k]['max_rel']:.3g} > tolerance {tol:.3g} ({source})")
+    if "features" in parity["failed"]:
+        how = {"int8": "more --calibration-images, or export without --quantize",
+               "fp16": "export the engine without --fp16"}.get(
+            precision, "the graph does not reproduce the model: try another --opset, or report it")
+        fixes.append(f"features (the graph's raw outputs): --parity-tolerance does not change this tolerance ({how}"
+                     + ("; or raise tolerance['features'] in export_bundle()" if "features" in user_set else "") + ")")
+    scores = [k for k in parity["failed"] if k != "features"]
+    if scores:
+        verb = "a looser --parity-tolerance" if set(scores) & user_set else "--parity-tolerance T"
+        fixes.append(f"{' and '.join(scores)}: pass {verb} (it sets the image_scores and maps tolerance; an approximate "
+                     "FAISS index, an int8 graph or fp16 may need one"
+                     + (", or more --calibration-images" if precision == "int8" else "") + ")")
     raise ExportError(
         f"parity check failed on {where}: the exported bundle scores differently from the trained model "
-        f"(relative max error over {parity['n_images']} images):\n" + "\n".join(lines)
-        + "\nNo bundle was written. An approximate FAISS index, an int8 graph or fp16 needs a looser "
-        "--parity-tolerance (or more --calibration-images for int8)."
+        f"(relative max error over {parity['n_images']} images): {'; '.join(parts)}. No bundle was written. "
+        f"To fix: {'; '.join(fixes)}."
     )
 
 
@@ -400,4 +506,5 @@ def format_export_summary(manifest: dict[str, Any], out: str | Path) -> str:
     if "tensorrt" in manifest:
         tp = manifest["tensorrt"]["parity"]
         lines.append("TensorRT parity: " + ", ".join(f"{k} {v['max_rel']:.2e}" for k, v in tp["errors"].items()))
+    lines.extend(manifest.get("export_notes") or [])  # e.g. whether --overwrite kept `adx calibrate` thresholds
     return "\n".join(lines)

@@ -13,18 +13,23 @@ numpy 12.5, the same neighbours. Approximate indices, and every index on a GPU, 
 
 Approximate indices take search parameters: ``nprobe`` (IVF: inverted lists visited per query) and
 ``efSearch`` (HNSW: candidate list size). The manifest records the export's values; the user may
-override them at inference (``--search-param nprobe=16``).
+override them at inference (``--search-param nprobe=16``). Either way each value is checked
+against the index before FAISS sees it (:func:`apply_search_params`): FAISS wraps or truncates what
+does not fit its int, which once made every search come back empty.
 """
 
 from __future__ import annotations
 
 import importlib
+import math
+import numbers
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from adx_runtime.errors import BundleError, ConfigError, DependencyError, ProviderError
+from adx_runtime.npz import read_npz
 
 #: FAISS search parameters a bank accepts, with what they do.
 SEARCH_PARAMS = {
@@ -77,23 +82,89 @@ def is_exact_index_type(index_type: str) -> bool:
     return index_type.replace(" ", "") in ("Flat", "IDMap,Flat", "numpy-exact")
 
 
-def apply_search_params(index: Any, params: dict[str, float] | None) -> None:
-    """Set ``nprobe`` / ``efSearch`` on ``index`` (also inside shards and pre-transforms), refusing a
-    parameter that this index type does not have."""
+#: The largest ``efSearch`` accepted on a bank of any size. Above the bank's size a larger candidate
+#: list finds nothing more (the graph search cannot visit more vectors than the bank holds), and FAISS
+#: sizes per-query buffers by it: 2^31 - 1 grew a process to 15 GB, 2^31 wrapped to a negative int and
+#: every search came back empty (every image scored 0.0, "normal"). So ``efSearch`` may be anything
+#: from ``k`` up to ``max(bank size, EF_SEARCH_CAP)``: the cap keeps usual values (64, 256) valid on a
+#: small bank, the bank size lets a large bank be searched exhaustively.
+EF_SEARCH_CAP = 4096
+
+
+def search_param_ranges(index: Any) -> dict[str, tuple[int, int, str]]:
+    """The search parameters ``index`` takes, each with its valid range ``(low, high)`` and what sets
+    the high end: ``nprobe`` in ``1..nlist`` for IVF, ``efSearch`` in ``1..max(ntotal, EF_SEARCH_CAP)``
+    for HNSW, nothing for any other index. Looks through shards (the range every shard accepts),
+    pre-transforms and id maps."""
+    faiss = import_faiss()
+    sub = faiss.downcast_index(index)
+    if isinstance(sub, faiss.IndexShards):
+        per_shard = [search_param_ranges(sub.at(i)) for i in range(sub.count())]
+        if not per_shard:
+            return {}
+        names = set.intersection(*(set(r) for r in per_shard))
+        return {n: (max(r[n][0] for r in per_shard), min(r[n][1] for r in per_shard), per_shard[0][n][2] + ", per shard")
+                for n in names}
+    if isinstance(sub, (faiss.IndexPreTransform, faiss.IndexIDMap)):
+        return search_param_ranges(sub.index)
+    ivf = faiss.try_extract_index_ivf(sub) if hasattr(faiss, "try_extract_index_ivf") else None
+    if ivf is not None:
+        return {"nprobe": (1, int(ivf.nlist), f"the index has nlist = {int(ivf.nlist)} inverted lists")}
+    if isinstance(sub, faiss.IndexHNSW):
+        n = int(sub.ntotal)
+        return {"efSearch": (1, max(n, EF_SEARCH_CAP), f"the larger of the bank's {n} vectors and {EF_SEARCH_CAP}")}
+    return {}
+
+
+def whole_search_param(name: str, value: Any, origin: str = "--search-param") -> int:
+    """``value`` as an int if it is a whole number (JSON or CLI: ``16`` or ``16.0``); a fraction,
+    inf, NaN, a string or a bool is refused (FAISS would truncate or wrap it silently)."""
+    whole = (isinstance(value, numbers.Integral) or
+             (isinstance(value, numbers.Real) and math.isfinite(float(value)) and float(value).is_integer()))
+    if isinstance(value, bool) or not whole:
+        error = BundleError if origin != "--search-param" else ConfigError
+        raise error(f"search parameter {name} must be a whole number, got {value!r} (from {origin}); "
+                    f"e.g. --search-param {name}=16")
+    return int(value)
+
+
+def apply_search_params(index: Any, params: dict[str, float] | None,
+                        origins: dict[str, str] | None = None) -> None:
+    """Set ``nprobe`` / ``efSearch`` on ``index`` (also inside shards and pre-transforms) after
+    checking each against :func:`search_param_ranges`: a parameter this index type does not have,
+    or a value it cannot use, is refused before FAISS sees it.
+
+    ``origins``: where each value came from, for the error (default ``--search-param``); a value
+    from the bundle's manifest is refused as a :class:`BundleError`."""
     if not params:
         return
     faiss = import_faiss()
-    space = faiss.ParameterSpace()
+    ranges = search_param_ranges(index)
+    checked: dict[str, int] = {}
     for name, value in params.items():
+        origin = (origins or {}).get(name, "--search-param")
+        error = ConfigError if origin == "--search-param" else BundleError
+        fix = "re-export the bundle, or override it with --search-param" if error is BundleError else "pass a value in range"
         if name not in SEARCH_PARAMS:
-            raise ConfigError(f"search parameter {name!r} is not known; valid: {', '.join(SEARCH_PARAMS)} "
-                              "(e.g. --search-param nprobe=16)")
-        if float(value) < 1 or not float(value).is_integer():
-            raise ConfigError(f"search parameter {name} must be a whole number >= 1, got {value}")
+            raise error(f"search parameter {name!r} is not known; valid: {', '.join(SEARCH_PARAMS)} (received from "
+                        f"{origin}; e.g. --search-param nprobe=16)")
+        number = whole_search_param(name, value, origin)
+        if name not in ranges:
+            takes = ", ".join(ranges) or "no search parameters"
+            raise error(f"search parameter {name}={number} does not apply to this bank's index ({_describe(index)}; "
+                        f"it takes {takes}); {name} is for {SEARCH_PARAMS[name].split(':')[0]} (from {origin}): drop it")
+        low, high, why = ranges[name]
+        if not low <= number <= high:
+            raise error(f"search parameter {name}={number} is out of range for this bank's index ({_describe(index)}): "
+                        f"valid {low}..{high} ({why}); received from {origin}: {fix}, "
+                        f"e.g. --search-param {name}={min(max(low, 16), high)}")
+        checked[name] = number
+    space = faiss.ParameterSpace()
+    for name, number in checked.items():
         try:
-            space.set_index_parameter(index, name, float(value))
-        except RuntimeError:
-            raise ConfigError(f"search parameter {name}={value} does not apply to this bank's index "
+            space.set_index_parameter(index, name, float(number))
+        except RuntimeError:  # a wrapper FAISS's ParameterSpace does not look through
+            raise ConfigError(f"search parameter {name}={number} does not apply to this bank's index "
                               f"({_describe(index)}); {name} is for {SEARCH_PARAMS[name].split(':')[0]}") from None
 
 
@@ -130,10 +201,8 @@ class NumpyBank:
 
     @classmethod
     def load(cls, path: str | Path, key: str = "memory_bank") -> "NumpyBank":
-        with np.load(path, allow_pickle=False) as data:
-            if key not in data:
-                raise BundleError(f"{str(path)!r} has no array {key!r} (has: {', '.join(data.files)})")
-            return cls(data[key])
+        # read_npz bounds the header's declared shape by the file's bytes before allocating.
+        return cls(read_npz(path, [key], what="memory bank")[key])
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = np.ascontiguousarray(queries, dtype=np.float32)
@@ -168,10 +237,11 @@ class FaissBank:
         self.size, self.dim = int(index.ntotal), int(index.d)
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu", search_params: dict[str, float] | None = None) -> "FaissBank":
+    def load(cls, path: str | Path, device: str = "cpu", search_params: dict[str, float] | None = None, *,
+             origins: dict[str, str] | None = None) -> "FaissBank":
         faiss = import_faiss()
         index = _read_index(faiss, path)
-        apply_search_params(index, search_params)
+        apply_search_params(index, search_params, origins)
         if device == "cpu":
             return cls(index, faiss, "faiss-cpu")
         if device != "cuda":
@@ -246,7 +316,8 @@ class ShardedBank:
         self.size, self.dim = int(self.offsets[-1]), dim
 
     @classmethod
-    def load(cls, paths: list[Path], device: str = "cpu", search_params: dict[str, float] | None = None) -> "ShardedBank":
+    def load(cls, paths: list[Path], device: str = "cpu", search_params: dict[str, float] | None = None, *,
+             origins: dict[str, str] | None = None) -> "ShardedBank":
         if device != "cpu":
             raise ProviderError("a sharded memory bank is searched on the CPU in this release; use --bank-device cpu")
         faiss = import_faiss()
@@ -254,7 +325,7 @@ class ShardedBank:
         if len({int(p.d) for p in parts}) != 1:
             raise BundleError(f"the bank's shards have different dimensions: {[int(p.d) for p in parts]}; re-export it")
         bank = cls(parts, faiss)
-        apply_search_params(bank.index, search_params)
+        apply_search_params(bank.index, search_params, origins)
         return bank
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -271,16 +342,16 @@ class ShardedBank:
 
 
 def load_bank(path: str | Path | list[Path], fmt: str, device: str = "cpu",
-              search_params: dict[str, float] | None = None) -> Bank:
+              search_params: dict[str, float] | None = None, *, origins: dict[str, str] | None = None) -> Bank:
     """Open a bank written by export: ``fmt`` is ``faiss`` or ``npz``; a list of paths is a
-    sharded FAISS bank."""
+    sharded FAISS bank. ``origins``: where each search parameter came from (for errors)."""
     if fmt == "faiss":
         bank: FaissBank | ShardedBank
         if isinstance(path, list):
-            bank = ShardedBank.load(path, device, search_params)
+            bank = ShardedBank.load(path, device, search_params, origins=origins)
             parts = bank._parts
         else:
-            bank = FaissBank.load(path, device, search_params)
+            bank = FaissBank.load(path, device, search_params, origins=origins)
             parts = [bank.index]
         if device == "cpu" and all(_is_flat(p) for p in parts):
             vectors = np.concatenate([p.reconstruct_n(0, int(p.ntotal)) for p in parts])
@@ -304,10 +375,16 @@ def open_bank(bundle_dir: Path, manifest: dict[str, Any], bank: dict[str, Any], 
     opened through :func:`adx_runtime.bundle.bundle_file`: listed, checksummed, inside the bundle."""
     from adx_runtime.bundle import bundle_file  # noqa: PLC0415
 
-    params = {**(bank.get("search_params") or {}), **(search_params or {})}
+    stored = bank.get("search_params") or {}
+    if not isinstance(stored, dict):
+        raise BundleError(f"the bundle's {what}.search_params must be an object like {{\"nprobe\": 8}}, got {stored!r}; "
+                          "re-export the bundle")
+    params = {**stored, **(search_params or {})}
+    # A stored value the user did not override is the bundle's: an unusable one is a bad bundle.
+    origins = {name: f"the bundle's {what}.search_params" for name in stored if name not in (search_params or {})}
     if bank.get("shards"):
         path: Path | list[Path] = [bundle_file(bundle_dir, manifest, s["file"], what=f"{what}.shards[{i}].file")
                                    for i, s in enumerate(bank["shards"])]
     else:
         path = bundle_file(bundle_dir, manifest, bank["file"], what=f"{what}.file")
-    return load_bank(path, bank["format"], device, params)
+    return load_bank(path, bank["format"], device, params, origins=origins)

@@ -69,4 +69,31 @@ def create_scorer(bundle_dir: Path, manifest: dict[str, Any], bank_device: str,
                               f"(kinds {', '.join(SEARCHING_KINDS)}); this {manifest.get('method')} bundle scores with "
                               f"kind {kind!r}: drop it")
         extra["search_params"] = search_params
-    return getattr(importlib.import_module(module), cls)(bundle_dir, manifest, bank_device, **extra)
+    scorer = getattr(importlib.import_module(module), cls)(bundle_dir, manifest, bank_device, **extra)
+    if kind in SEARCHING_KINDS:  # the bank has accepted the parameters' names and ranges by now
+        check_ef_search_covers_k(manifest, search_params)
+    return scorer
+
+
+def check_ef_search_covers_k(manifest: dict[str, Any], search_params: dict[str, float] | None) -> None:
+    """Refuse an ``efSearch`` below the number of neighbours the scorer asks the index for: HNSW
+    then returns fewer than ``k`` (measured: 15 of 20 at efSearch 1), and the image score is
+    silently made from fewer neighbours. Only a value that was given is checked (the bundle's or
+    ``--search-param``), not FAISS's default."""
+    s = manifest["scoring"]
+    if s.get("kind") == "knn":
+        bank, k, field = s.get("bank") or {}, s.get("num_neighbors", 1), "scoring.num_neighbors"
+    else:  # gallery: the image search asks for k nearest training images
+        bank, k, field = (s.get("gallery") or {}).get("images_bank") or {}, s.get("k", 1), "scoring.k"
+    override = search_params or {}
+    value = override.get("efSearch", (bank.get("search_params") or {}).get("efSearch"))
+    if value is None or value >= k:
+        return
+    if "efSearch" in override:
+        raise ConfigError(f"search parameter efSearch={value} is below the {k} neighbours this {manifest.get('method')} "
+                          f"bundle asks for ({field}); HNSW would return fewer and change the scores: valid efSearch "
+                          f">= {k}, e.g. --search-param efSearch={max(k, 16)}")
+    raise BundleError(f"search parameter efSearch={value} (from the bundle's search_params) is below the {k} neighbours "
+                      f"this {manifest.get('method')} bundle asks for ({field}); HNSW would return fewer and change the "
+                      f"scores: valid efSearch >= {k}; re-export with --search-param efSearch={max(k, 16)}, or override "
+                      "it with --search-param")
