@@ -122,6 +122,9 @@ def train(
     """
     entry = get_method(method)
     config = make_config(entry.config_cls, options or {})
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= 65536:
+        raise ConfigError(f"--batch-size (images per forward pass) must be an integer >= 1 and at most 65536, got "
+                          f"{batch_size!r}; the default is 8")
     split = load_split(dataset, category, need_test=False)
     fit_samples, held_out = holdout_split(split.train, holdout, seed=getattr(config, "seed", 0))
     device = resolve_device(device)

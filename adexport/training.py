@@ -25,11 +25,12 @@ A loss function must draw only from the generator it is given.
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -67,16 +68,20 @@ class TrainingOptions:
     checkpoint_every: int = 5  # epochs between checkpoints (0: only on Ctrl-C)
     seed: int = 0  # weights, shuffling, augmentation and masks
 
+    #: Valid ranges, checked by ``check_options`` (adexport.methods.options) with the subclass's own.
+    LIMITS: ClassVar[dict[str, str]] = {
+        "epochs": ">= 1", "batch_size": ">= 1", "lr": "> 0", "betas": "in [0, 1)", "momentum": "in [0, 1)",
+        "weight_decay": ">= 0", "checkpoint_every": ">= 0", "seed": "seed"}
+
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
+        # Imported here: adexport.methods imports this module (its trained configs inherit this class).
+        from adexport.methods.options import check_options  # noqa: PLC0415
+
+        check_options(self)  # types, finite numbers and every range in LIMITS, the subclass's included
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer {self.optimizer!r} is not known; valid: {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"schedule {self.schedule!r} is not known; valid: {', '.join(SCHEDULES)}")
-        if not self.lr > 0 or self.weight_decay < 0 or self.checkpoint_every < 0:
-            raise ConfigError(f"need lr > 0, weight_decay >= 0, checkpoint_every >= 0; got {self.lr}, "
-                              f"{self.weight_decay}, {self.checkpoint_every}")
 
 
 @dataclass
@@ -184,7 +189,14 @@ def _write_checkpoint(path: Path, snapshot: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _load_checkpoint(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
+def _load_checkpoint(path: Path, identity: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+                     options: TrainingOptions) -> tuple[list[float], int]:
+    """Read and check a checkpoint in full, then load it into ``model`` and ``optimizer``.
+
+    Returns ``(history, epoch)``. Everything is checked before anything is loaded or trained, so a
+    damaged file stops the run with one message instead of a traceback later, or a model folder
+    written from nonsense.
+    """
     if not path.is_file():
         raise ConfigError(f"--resume: there is no checkpoint {str(path)!r}; start the run without --resume")
     try:
@@ -192,13 +204,112 @@ def _load_checkpoint(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
     except Exception as exc:  # a truncated or foreign file
         raise ConfigError(f"checkpoint {str(path)!r} cannot be read ({type(exc).__name__}); delete it and start again") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ConfigError(f"{str(path)!r} is not an adexport training checkpoint")
+        raise ConfigError(f"{str(path)!r} is not an adexport training checkpoint; delete it or move it away, or run "
+                          "without --resume to start again")
+
+    def damaged(what: str) -> ConfigError:
+        return ConfigError(f"checkpoint {str(path)!r} is damaged: {what}; delete it, or run without --resume to "
+                           "start again (it is then replaced)")
+
+    missing = [k for k in ("identity", "epoch", "history", "model", "optimizer") if k not in state]
+    if missing:
+        raise damaged(f"it has no {', '.join(missing)}")
+    if not isinstance(state["identity"], dict):
+        raise damaged(f"its run identity is a {type(state['identity']).__name__}, not a mapping")
     if state["identity"] != identity:
-        diff = sorted(k for k in set(identity) | set(state["identity"])
-                      if identity.get(k) != state["identity"].get(k))
-        raise ConfigError(f"checkpoint {str(path)!r} belongs to a different run (differs in: {', '.join(diff)}); "
-                          "resume with the same method, options and data, or start without --resume")
-    return state
+        raise ConfigError(f"checkpoint {str(path)!r} belongs to a different run: "
+                          f"{_identity_difference(state['identity'], identity)}; resume with the same method, options "
+                          "and training data, or start fresh without --resume (which replaces the checkpoint)")
+    epoch = state["epoch"]
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+        raise damaged(f"its epoch is {epoch!r}, not a whole number >= 1 (a checkpoint is written after an epoch)")
+    if epoch >= options.epochs:
+        raise ConfigError(f"the checkpoint has already finished {epoch} epochs; ask for more with --set epochs=N")
+    history = state["history"]
+    if not (isinstance(history, list) and len(history) == epoch
+            and all(isinstance(h, (int, float)) and not isinstance(h, bool) and math.isfinite(h) for h in history)):
+        shown = repr(history) if len(repr(history)) < 60 else f"a {type(history).__name__}"
+        raise damaged(f"its history (the mean loss per epoch) is {shown}, not a list of {epoch} finite numbers")
+    problem = _state_dict_problem(state["model"], model.state_dict())
+    if problem:
+        raise damaged(f"its weights do not fit this model ({problem})")
+    problem = _optimizer_problem(state["optimizer"], optimizer)
+    if problem:
+        raise damaged(f"its optimizer state does not fit this model ({problem})")
+    try:  # checked above; a failure here is one more kind of damage, still reported in one line
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        raise damaged(f"it cannot be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    return [float(h) for h in history], epoch
+
+
+def _identity_difference(saved: dict[str, Any], current: dict[str, Any]) -> str:
+    """What differs between two run identities, in words (method, the option names, the data)."""
+    parts = []
+    for key in sorted(set(saved) | set(current), key=str):  # a damaged file may hold keys of any type
+        a, b = saved.get(key), current.get(key)
+        if a == b:
+            continue
+        if key == "options" and isinstance(a, dict) and isinstance(b, dict):
+            names = sorted((k for k in set(a) | set(b) if a.get(k) != b.get(k)), key=str)
+            parts.append(f"options {', '.join(map(str, names))} (checkpoint: "
+                         + ", ".join(f"{k}={a.get(k)!r}" for k in names[:4]) + ")")
+        elif key == "data" and isinstance(a, dict) and isinstance(b, dict):
+            if a.get("category") != b.get("category"):
+                parts.append(f"training data: category {a.get('category')!r} in the checkpoint, "
+                             f"{b.get('category')!r} now")
+            else:
+                parts.append(f"training data: {a.get('images')} images in the checkpoint, {b.get('images')} now, "
+                             "not the same files (by content)")
+        elif key == "method":
+            parts.append(f"method {a!r} in the checkpoint, {b!r} now")
+        else:
+            parts.append(f"{key}")
+    return "it differs in " + "; ".join(parts)
+
+
+def _state_dict_problem(saved: Any, expected: dict[str, torch.Tensor]) -> str | None:
+    """Why ``saved`` cannot be this model's state (keys, tensor types, shapes, NaN), or None."""
+    if not isinstance(saved, dict):
+        return f"a {type(saved).__name__} where a state dict belongs"
+    missing = sorted(set(expected) - set(saved))
+    extra = sorted(set(saved) - set(expected))
+    if missing or extra:
+        return "; ".join(filter(None, [f"missing {', '.join(missing[:3])}" if missing else "",
+                                       f"unexpected {', '.join(map(str, extra[:3]))}" if extra else ""]))
+    for key, want in expected.items():
+        got = saved[key]
+        if not isinstance(got, torch.Tensor) or got.shape != want.shape or got.dtype != want.dtype:
+            shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+            return f"{key} is {shape}, the model has {tuple(want.shape)} {want.dtype}"
+        if got.is_floating_point() and not bool(torch.isfinite(got).all()):
+            return f"{key} holds NaN or infinite values"
+    return None
+
+
+def _optimizer_problem(saved: Any, optimizer: torch.optim.Optimizer) -> str | None:
+    """Why ``saved`` cannot be ``optimizer``'s state: its groups, and each moment's shape, or None."""
+    if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict) \
+            or not isinstance(saved.get("param_groups"), list):
+        return "not an optimizer state"
+    groups = optimizer.param_groups
+    if len(saved["param_groups"]) != len(groups) or any(
+            not isinstance(s, dict) or not isinstance(s.get("params"), list) or len(s["params"]) != len(g["params"])
+            for s, g in zip(saved["param_groups"], groups)):
+        return "its parameter groups differ from the model's trainable parameters"
+    params = {pid: p for s, g in zip(saved["param_groups"], groups) for pid, p in zip(s["params"], g["params"])}
+    for pid, entry in saved["state"].items():
+        if pid not in params or not isinstance(entry, dict):
+            return f"state for an unknown parameter {pid!r}"
+        for name, value in entry.items():
+            if not isinstance(value, torch.Tensor):
+                continue
+            if name != "step" and value.shape != params[pid].shape:
+                return f"{name} of parameter {pid} is {tuple(value.shape)}, the parameter {tuple(params[pid].shape)}"
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                return f"{name} of parameter {pid} holds NaN or infinite values"
+    return None
 
 
 def train_network(
@@ -216,8 +327,8 @@ def train_network(
     """Train ``model``'s parameters that require gradients; returns the mean loss of every epoch.
 
     Args:
-        identity: what a checkpoint must match to be resumed (method, options other than epochs,
-            number of images); stored in every checkpoint.
+        identity: what a checkpoint must match to be resumed (:func:`run_identity`: method, options
+            other than epochs, the training images by category and content); stored in every checkpoint.
         run: checkpoint file and resume flag; ``None`` trains without checkpoints.
 
     Raises:
@@ -233,12 +344,7 @@ def train_network(
     if run.resume:
         if run.checkpoint is None:
             raise ConfigError("--resume needs a checkpoint file")
-        state = _load_checkpoint(run.checkpoint, identity)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        history, start = list(state["history"]), int(state["epoch"])
-        if start >= options.epochs:
-            raise ConfigError(f"the checkpoint has already finished {start} epochs; ask for more with --set epochs=N")
+        history, start = _load_checkpoint(run.checkpoint, identity, model, optimizer, options)
         progress.note(f"resuming from epoch {start} of {options.epochs} ({run.checkpoint})")
     model.to(device)
     for s in optimizer.state.values():  # a resumed optimizer's moments follow the model's device
@@ -315,8 +421,40 @@ def save_loss_curve(history: Sequence[float], path: str | Path, title: str = "tr
 
 def run_identity(method: str, config: Any, samples: Sequence[Sample]) -> dict[str, Any]:
     """What a checkpoint must match to be resumed: the method, every option but ``epochs`` and
-    ``checkpoint_every`` (a resumed run may ask for more epochs), and the training files."""
+    ``checkpoint_every`` (a resumed run may ask for more epochs), and the training data by content."""
     from adexport.methods.base import config_to_dict  # noqa: PLC0415
 
     options = {k: v for k, v in config_to_dict(config).items() if k not in ("epochs", "checkpoint_every")}
-    return {"method": method, "options": options, "images": [Path(s.path).name for s in samples]}
+    return {"method": method, "options": options, "data": data_identity(samples)}
+
+
+def data_identity(samples: Sequence[Sample]) -> dict[str, Any]:
+    """The training images by category and content: ``{"category", "images", "sha256"}``.
+
+    File names alone do not tell datasets apart (every synthetic and many real categories name
+    their images 000.png, 001.png, ...), so the digest covers each file's bytes: sha256 over the
+    sorted ``(file name, sha256 of the file)`` pairs. The same pictures in another folder give the
+    same identity, so a moved dataset still resumes.
+    """
+    entries = []
+    for s in samples:
+        path = Path(s.path)
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        entries.append((path.name, digest.hexdigest()))
+    total = hashlib.sha256()
+    for name, digest in sorted(entries):
+        total.update(f"{name}\0{digest}\n".encode())
+    return {"category": _category(samples), "images": len(entries), "sha256": total.hexdigest()}
+
+
+def _category(samples: Sequence[Sample]) -> str | None:
+    """``CATEGORY`` of ``.../CATEGORY/train/good/x.png`` (else the images' folder name)."""
+    if not samples:
+        return None
+    parents = Path(samples[0].path).parents
+    if len(parents) >= 3 and parents[1].name == "train":
+        return parents[2].name
+    return parents[0].name

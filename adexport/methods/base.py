@@ -140,6 +140,28 @@ class FittedMethod(ABC):
         outs = [o if isinstance(o, tuple) else (o,) for o in outs]
         return tuple(torch.cat(parts) for parts in zip(*outs))
 
+    @torch.no_grad()
+    def check_consistency(self) -> None:
+        """Raise ``ConfigError`` when the fitted tensors do not fit each other or the config.
+
+        Used when a saved model is loaded: a bank with columns cut, Gaussians of another size or
+        masks of another image size load without complaint and fail (or score nonsense) only at
+        export. Scoring one blank image through :meth:`reference` exercises every tensor against
+        the graph's outputs for every method, at the cost of one forward pass; a method may
+        override this with cheaper or more precise checks.
+        """
+        h, w = self.preprocess.input_size
+        x = torch.zeros(1, self.preprocess.channels, h, w)
+        try:
+            ref = self.reference(x, exact=True)
+        except (RuntimeError, ValueError, IndexError, KeyError, TypeError, AssertionError, ConfigError) as exc:
+            # (FAISS's Python wrappers check dimensions with assert)
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ConfigError(f"scoring a blank {w} x {h} image fails ({type(exc).__name__}: {first})") from None
+        values = [ref.image_scores, ref.anomaly_maps, *ref.outputs.values()]
+        if any(v is not None and v.is_floating_point() and not bool(torch.isfinite(v).all()) for v in values):
+            raise ConfigError("scoring a blank image gives NaN or infinite values")
+
     def output_axes(self) -> dict[str, dict[int, str]]:
         """Dynamic axes of each graph output (the batch axis by default)."""
         return {name: {0: "batch"} for name in self.output_names}

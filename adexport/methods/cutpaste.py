@@ -29,7 +29,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -74,18 +74,17 @@ class CutPasteConfig(TrainingOptions):
     weight_decay: float = 3e-5  # paper: 3e-5
     schedule: str = "cosine"  # paper: cosine decay
 
+    #: Valid ranges (with the training options'), checked by adexport.methods.options.check_options.
+    LIMITS: ClassVar[dict[str, str]] = {
+        "image_size": ">= 32", "head_layers": ">= 0", "patch_size": ">= 1", "patch_stride": ">= 1",
+        "patches_per_image": ">= 1", "jitter": "in [0, 1)"}
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.variant not in VARIANTS:
             raise ConfigError(f"variant {self.variant!r} is not known; valid: {', '.join(VARIANTS)}")
         if self.level not in LEVELS:
             raise ConfigError(f"level {self.level!r} is not known; valid: {', '.join(LEVELS)}")
-        if self.image_size < 32:
-            raise ConfigError(f"image_size must be >= 32, got {self.image_size}")
-        if self.head_layers < 0:
-            raise ConfigError(f"head_layers must be >= 0, got {self.head_layers}")
-        if not 0 <= self.jitter < 1:
-            raise ConfigError(f"jitter must be in [0, 1), got {self.jitter}")
         if len(self.layers) != 1:
             raise ConfigError(f"CutPaste embeds one encoder stage, got layers={list(self.layers)}")
         if self.level == "patch":
@@ -95,8 +94,6 @@ class CutPasteConfig(TrainingOptions):
                     f"patch level needs 8 <= patch_size <= image_size, 1 <= patch_stride <= patch_size, "
                     f"patch_size - patch_stride even and image_size a multiple of patch_stride; got patch_size {p}, "
                     f"patch_stride {s}, image_size {self.image_size}")
-            if self.patches_per_image < 1:
-                raise ConfigError(f"patches_per_image must be >= 1, got {self.patches_per_image}")
 
     @property
     def classes(self) -> int:

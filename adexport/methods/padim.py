@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from adexport.methods.base import (TOLERANCE_APPROXIMATE, TOLERANCE_EXACT, Expor
                                    run_graph)
 from adexport.methods.density import mahalanobis, regularised_gaussians, write_gaussian
 from adx_runtime.datasets import Sample
+from adexport.methods.options import check_options
 from adx_runtime.errors import ConfigError
 from adx_runtime.postprocess import PostprocessSpec
 from adx_runtime.preprocess import PreprocessConfig
@@ -56,15 +57,15 @@ class PadimConfig:
     store_dtype: str = "float32"  # precision of the Cholesky factors in the bundle
     seed: int = 0  # random channel subset; weights when weights=random
 
+    #: Valid ranges, checked by adexport.methods.options.check_options (epsilon > 0 keeps every
+    #: covariance invertible).
+    LIMITS: ClassVar[dict[str, str]] = {
+        "image_size": ">= 32", "n_features": ">= 1", "epsilon": "> 0", "blur_sigma": ">= 0", "seed": "seed"}
+
     def __post_init__(self) -> None:
-        if self.n_features < 1:
-            raise ConfigError(f"n_features (d) must be >= 1, got {self.n_features}")
-        if self.epsilon <= 0:
-            raise ConfigError(f"epsilon must be > 0 (it keeps every covariance invertible), got {self.epsilon}")
+        check_options(self)
         if self.store_dtype not in STORE_DTYPES:
             raise ConfigError(f"store_dtype must be one of {', '.join(STORE_DTYPES)}, got {self.store_dtype!r}")
-        if self.image_size < 32:
-            raise ConfigError(f"image_size must be >= 32, got {self.image_size}")
 
 
 def channel_subset(total: int, d: int, seed: int) -> torch.Tensor:

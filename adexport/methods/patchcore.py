@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from adexport.methods.base import (TOLERANCE_APPROXIMATE_INDEX, TOLERANCE_EXACT,
 from adexport.methods.common import channel_pool_matrix, nearest
 from adx_runtime.bundle import file_entry
 from adx_runtime.datasets import Sample
+from adexport.methods.options import check_options
 from adx_runtime.errors import ConfigError
 from adx_runtime.knn import is_exact_index_type
 from adx_runtime.postprocess import PostprocessSpec
@@ -53,17 +54,15 @@ class PatchCoreConfig:
     blur_sigma: float = 4.0  # Gaussian smoothing of the upsampled map, in pixels
     seed: int = 0  # random projection and coreset start; weights when weights=random
 
+    #: Valid ranges, checked by adexport.methods.options.check_options.
+    LIMITS: ClassVar[dict[str, str]] = {
+        "image_size": ">= 32", "target_dim": ">= 1", "coreset_ratio": "fraction", "projection_dim": ">= 1",
+        "num_neighbors": ">= 1", "blur_sigma": ">= 0", "seed": "seed"}
+
     def __post_init__(self) -> None:
-        if not 0.0 < self.coreset_ratio <= 1.0:
-            raise ConfigError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
-        if self.num_neighbors < 1:
-            raise ConfigError(f"num_neighbors (k) must be >= 1, got {self.num_neighbors}")
-        if self.image_size < 32:
-            raise ConfigError(f"image_size must be >= 32, got {self.image_size}")
+        check_options(self)
         if len(self.layers) < 1:
             raise ConfigError("layers needs at least one feature stage")
-        if self.target_dim is not None and self.target_dim < 1:
-            raise ConfigError(f"target_dim must be >= 1, got {self.target_dim}")
 
 
 def projection_matrix(channels: Sequence[int], target_dim: int | None) -> torch.Tensor | None:

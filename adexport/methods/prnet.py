@@ -73,7 +73,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -565,23 +565,15 @@ class PRNetConfig(TrainingOptions):
     batch_size: int = 8  # images per optimiser step
     lr: float = 1e-3  # Adam learning rate
 
+    #: Valid ranges (with the training options'), checked by adexport.methods.options.check_options.
+    LIMITS: ClassVar[dict[str, str]] = {
+        "image_size": ">= 32", "prototype_ratio": "fraction", "width": ">= 1", "attention_blocks": ">= 1",
+        "p_anomaly": "probability", "n_anomalies": ">= 1", "p_real": "probability", "top_k": ">= 1"}
+
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.image_size < 32:
-            raise ConfigError(f"image_size must be >= 32, got {self.image_size}")
         if len(self.layers) < 2:
             raise ConfigError(f"PRNet needs at least two encoder stages (paper: four), got layers={list(self.layers)}")
-        if not 0 < self.prototype_ratio <= 1:
-            raise ConfigError(f"prototype_ratio must be in (0, 1], got {self.prototype_ratio}")
-        if self.width < 1 or self.attention_blocks < 1:
-            raise ConfigError(f"width and attention_blocks must be >= 1, got {self.width}, {self.attention_blocks}")
-        for name in ("p_anomaly", "p_real"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ConfigError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
-        if self.n_anomalies < 1:
-            raise ConfigError(f"n_anomalies must be >= 1, got {self.n_anomalies}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ConfigError(f"top_k must be >= 1 (or None for the paper's 100 at 256 px, scaled), got {self.top_k}")
 
     @property
     def score_top_k(self) -> int:

@@ -37,7 +37,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -270,20 +270,16 @@ class RD4ADConfig(TrainingOptions):
     lr: float = 0.005  # Adam learning rate (paper: 0.005)
     betas: tuple[float, float] = (0.5, 0.999)  # Adam's moment decay rates (paper: 0.5, 0.999)
 
+    #: Valid ranges (with the training options'), checked by adexport.methods.options.check_options.
+    LIMITS: ClassVar[dict[str, str]] = {
+        "image_size": ">= 32", "width": "> 0", "oce_blocks": ">= 1", "decoder_blocks": ">= 1", "blur_sigma": ">= 0"}
+
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.image_size < 32:
-            raise ConfigError(f"image_size must be >= 32, got {self.image_size}")
         if len(self.layers) < 2:
             raise ConfigError(f"RD4AD needs at least two teacher stages (paper: three), got layers={list(self.layers)}")
-        if not self.width > 0:
-            raise ConfigError(f"width must be > 0, got {self.width}")
-        if self.oce_blocks < 1 or self.decoder_blocks < 1:
-            raise ConfigError(f"oce_blocks and decoder_blocks must be >= 1, got {self.oce_blocks}, {self.decoder_blocks}")
         if self.loss_mode not in LOSS_MODES:
             raise ConfigError(f"loss_mode {self.loss_mode!r} is not known; valid: {', '.join(LOSS_MODES)}")
-        if self.blur_sigma < 0:
-            raise ConfigError(f"blur_sigma must be >= 0 (0 = no smoothing), got {self.blur_sigma}")
 
 
 def build_graph(config: RD4ADConfig, teacher: FeatureExtractor) -> RD4ADGraph:

@@ -41,7 +41,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -346,17 +346,20 @@ class RIADConfig(TrainingOptions):
     lr: float = 1e-3  # Adam learning rate at the start of the schedule (paper: 1e-4)
     schedule: str = "cosine"  # constant | cosine (decays to 0 over the epochs)
 
+    #: Valid ranges (with the training options'), checked by adexport.methods.options.check_options;
+    #: depth is capped so that 2**(depth-1) stays a size (a U-Net of 12 stages needs 2048 px images).
+    LIMITS: ClassVar[dict[str, str]] = {
+        "image_size": ">= 1", "base_width": ">= 1", "depth": "in [2, 12]", "cell_sizes": ">= 1", "num_masks": ">= 2",
+        "mask_seed": "seed", "lambda_gms": ">= 0", "lambda_ssim": ">= 0", "smoothing_size": ">= 1", "top_k": ">= 1"}
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.colour not in COLOURS:
             raise ConfigError(f"colour {self.colour!r} is not known; valid: {', '.join(COLOURS)}")
-        if self.base_width < 1 or self.depth < 2:
-            raise ConfigError(f"need base_width >= 1 and depth >= 2, got {self.base_width} and {self.depth}")
-        if not self.cell_sizes or self.num_masks < 2:
-            raise ConfigError(f"need at least one cell size and num_masks >= 2, got {list(self.cell_sizes)} "
-                              f"and {self.num_masks}")
-        multiple = math.lcm(2 ** (self.depth - 1), *[max(1, int(k)) for k in self.cell_sizes])
-        if self.image_size < SSIM_WINDOW or self.image_size % multiple or min(self.cell_sizes) < 1:
+        if not self.cell_sizes:
+            raise ConfigError("cell_sizes needs at least one cell size (paper: 2,4,8,16)")
+        multiple = math.lcm(2 ** (self.depth - 1), *self.cell_sizes)
+        if self.image_size < SSIM_WINDOW or self.image_size % multiple:
             fitting = max(multiple, -(-self.image_size // multiple) * multiple)
             raise ConfigError(
                 f"image_size {self.image_size} does not fit RIAD: it must be >= {SSIM_WINDOW} and a multiple of "
@@ -367,13 +370,8 @@ class RIADConfig(TrainingOptions):
         if crowded:
             raise ConfigError(f"cell size(s) {crowded} leave fewer than num_masks={self.num_masks} cells in a "
                               f"{self.image_size} px image; use smaller cell_sizes or a larger image_size")
-        if self.lambda_gms < 0 or self.lambda_ssim < 0:
-            raise ConfigError(f"loss weights must be >= 0, got lambda_gms={self.lambda_gms}, "
-                              f"lambda_ssim={self.lambda_ssim}")
-        if self.smoothing_size is not None and (self.smoothing_size < 1 or self.smoothing_size % 2 == 0):
+        if self.smoothing_size is not None and self.smoothing_size % 2 == 0:
             raise ConfigError(f"smoothing_size must be odd and >= 1 (1 = no smoothing), got {self.smoothing_size}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ConfigError(f"top_k must be >= 1 (or None for the maximum), got {self.top_k}")
 
     @property
     def map_smoothing(self) -> int:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -41,6 +41,7 @@ from adexport.methods.base import (TOLERANCE_APPROXIMATE, TOLERANCE_APPROXIMATE_
                                    run_graph)
 from adx_runtime.bundle import file_entry
 from adx_runtime.datasets import Sample
+from adexport.methods.options import check_options
 from adx_runtime.errors import ConfigError
 from adx_runtime.knn import is_exact_index_type
 from adx_runtime.postprocess import PostprocessSpec
@@ -65,22 +66,21 @@ class SpadeConfig:
     store_dtype: str = "float32"  # precision of the stored training feature maps
     seed: int = 0  # weights when weights=random
 
+    #: Valid ranges, checked by adexport.methods.options.check_options.
+    LIMITS: ClassVar[dict[str, str]] = {
+        "image_size": ">= 32", "map_stride": ">= 1", "k": ">= 1", "k_pixel": ">= 1", "pixel_coreset": "fraction",
+        "blur_sigma": ">= 0", "seed": "seed"}
+
     def __post_init__(self) -> None:
+        check_options(self)
         if len(self.layers) < 2:
             raise ConfigError("SPADE needs at least two stages: feature-map stages, then the image-feature stage")
-        if self.k < 1:
-            raise ConfigError(f"k must be >= 1, got {self.k}")
-        if self.k_pixel is not None and self.k_pixel < 1:
-            raise ConfigError(f"k_pixel must be >= 1 (or None for all k images), got {self.k_pixel}")
-        if self.pixel_coreset is not None and not 0 < self.pixel_coreset <= 1:
-            raise ConfigError(f"pixel_coreset must be a fraction in (0, 1] of the training map vectors (or None for "
-                              f"the per-image search), got {self.pixel_coreset}")
         if self.pixel_coreset is not None and self.k_pixel is not None:
             raise ConfigError("pixel_coreset and k_pixel are two different pixel searches; set one of them")
         if self.store_dtype not in STORE_DTYPES:
             raise ConfigError(f"store_dtype must be one of {', '.join(STORE_DTYPES)}, got {self.store_dtype!r}")
-        if self.image_size < 32 or self.image_size % self.map_stride:
-            raise ConfigError(f"image_size ({self.image_size}) must be >= 32 and divisible by map_stride ({self.map_stride})")
+        if self.image_size % self.map_stride:
+            raise ConfigError(f"image_size ({self.image_size}) must be divisible by map_stride ({self.map_stride})")
 
 
 class SpadeGraph(nn.Module):
