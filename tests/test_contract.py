@@ -134,7 +134,7 @@ def test_eval_report_calibrate_and_bench_handle_an_image_level_bundle(image_leve
     assert (tmp_path / "report" / "index.html").is_file() and not (tmp_path / "report" / "pro.png").exists()
     copy = tmp_path / "copy"
     shutil.copytree(image_level_bundle, copy)
-    r = runner.invoke(app, ["calibrate", str(copy), str(dataset), "-c", CATEGORY, "-q"])
+    r = runner.invoke(app, ["calibrate", str(copy), str(dataset), "-c", CATEGORY, "-q", "--force"])  # tiny model: F1 flags all
     assert r.exit_code == 0 and "pixel threshold" not in r.output, r.output
     assert json.loads((copy / "manifest.json").read_text())["calibration"]["history"][-1]["pixel_threshold"] is None
     r = runner.invoke(app, ["bench", str(image_level_bundle), "--batch-sizes", "2", "--runs", "2", "--warmup", "1",

@@ -3,6 +3,10 @@
 Image level: AUROC and F1-max. Pixel level, when every anomalous test image has a mask: AUROC,
 AUPRO (FPR up to 0.3, normalised) and F1-max. A breakdown per defect type and for ``good``, and
 how the bundle's own threshold does (false positives on good, detections per defect).
+
+Warnings are for results that look like numbers but are no verdict at all: data of another category
+than the bundle was trained on, a threshold that flags every good image. They go into the
+evaluation's ``warnings`` (its JSON too); the CLI prints them on stderr.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ class Evaluation:
     has_masks: bool
     maps: np.ndarray | None = field(default=None, repr=False)  # (N_ok, H, W) raw, for reports
     masks: np.ndarray | None = field(default=None, repr=False)  # (N_ok, H, W) bool
+    warnings: list[str] = field(default_factory=list)  # results not to be trusted as they stand
 
     @property
     def scored(self) -> list[ImageRecord]:
@@ -63,7 +68,7 @@ class Evaluation:
             "bundle": self.bundle, "manifest_sha256": self.manifest_sha256, "method": self.method,
             "dataset": self.dataset, "category": self.category, "threshold": self.threshold,
             "pixel_threshold": self.pixel_threshold, "has_masks": self.has_masks, "metrics": self.metrics,
-            "per_kind": self.per_kind, "notes": self.notes, "versions": library_versions(),
+            "per_kind": self.per_kind, "notes": self.notes, "warnings": self.warnings, "versions": library_versions(),
             "images": [r.__dict__ for r in self.records],
         }
 
@@ -76,6 +81,31 @@ def library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return out
+
+
+def category_warning(manifest: dict[str, Any], category: str) -> str | None:
+    """A warning when ``category`` (the data's folder name) is not the one the bundle was trained on.
+
+    A bundle scores the good images of another category as anomalous, so its threshold flags them
+    all; the numbers are then about the wrong data, not about the model. A bundle that does not
+    record its training category gets no warning (nothing to compare with).
+    """
+    trained = (manifest.get("training") or {}).get("category")
+    if not isinstance(trained, str) or not trained or trained.casefold() == category.casefold():
+        return None
+    return (f"the bundle was trained on category {trained!r} but this data is category {category!r}: its scores "
+            f"and threshold do not apply to these images (expect good images flagged); use a bundle trained on "
+            f"{category!r}, or data of {trained!r} (if this folder is {trained!r} data under another name, "
+            f"ignore this)")
+
+
+def all_good_flagged_warning(n_good_flagged: int, n_good: int, threshold: float) -> str | None:
+    """A warning when a threshold flags every good image: the verdict "anomalous" then says nothing."""
+    if n_good == 0 or n_good_flagged < n_good:
+        return None
+    return (f"the image threshold {threshold:.4g} flags all {n_good} good images (100%) of this split: every "
+            f"verdict here is 'anomalous'; check that the data is the bundle's category and imaging setup, "
+            f"then set a threshold from good images of it (adx calibrate BUNDLE DATA --mode fpr)")
 
 
 def _metric(fn: Callable[..., Any], *args: Any, notes: list[str], name: str) -> Any:
@@ -183,12 +213,15 @@ def evaluate(
                 entry.update(_pixel_block(masks_arr[both], maps_arr[both], notes, f"{kind}: "))
         per_kind[kind] = entry
 
+    warnings = [w for w in (category_warning(pred.manifest, split.category),
+                            all_good_flagged_warning(int((predicted & (labels == 0)).sum()), int((labels == 0).sum()),
+                                                     pred.image_threshold)) if w]
     manifest_sha = hashlib.sha256((pred.bundle_dir / MANIFEST).read_bytes()).hexdigest()
     return Evaluation(
         bundle=str(pred.bundle_dir), method=pred.method, category=split.category, dataset=str(split.root),
         threshold=pred.image_threshold, pixel_threshold=pred.pixel_threshold, records=records, metrics=result,
         per_kind=per_kind, notes=notes, manifest_sha256=manifest_sha, has_masks=use_masks,
-        maps=maps_arr, masks=masks_arr,
+        maps=maps_arr, masks=masks_arr, warnings=warnings,
     )
 
 

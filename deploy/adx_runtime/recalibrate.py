@@ -7,6 +7,12 @@ Two rules:
 - ``fpr``: the lowest threshold at which at most a fraction ``fpr`` of the split's good images
   (good pixels, for the pixel threshold) is flagged.
 
+A threshold that gives no verdict is refused unless ``force``: one that flags every good image of
+the split (F1 is highest there when the model does not separate the classes and anomalous images
+outnumber good ones) or detects none of its anomalous images. Warnings (kept in the history entry)
+say when a large share of good images is flagged, when too few good images were given to measure
+the asked ``fpr``, and when the data's category is not the one the bundle was trained on.
+
 The split is the dataset's ``test/`` folder; keep a separate validation set in the same layout to
 leave the test set untouched. Only the manifest's ``calibration`` section changes (it is not among
 the sections whose digest is recorded), so the graph, bank and protected sections stay verified.
@@ -17,6 +23,7 @@ schema. The read-modify-write holds the bundle's ``.manifest.lock``: two runs at
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -26,10 +33,18 @@ import numpy as np
 from adx_runtime import calibration, metrics
 from adx_runtime.bundle import MANIFEST, load_manifest, manifest_lock, read_manifest, write_json_atomic
 from adx_runtime.errors import ConfigError
-from adx_runtime.evaluate import evaluate
+from adx_runtime.evaluate import category_warning, evaluate
 from adx_runtime.progress import SILENT, Progress
 
 MODES = ("f1", "fpr")
+
+#: Above this share of good images flagged, a new threshold is written with a warning: on a line
+#: it would reject that share of good parts.
+HIGH_FALSE_POSITIVE_RATE = 0.2
+
+#: A false-positive rate is resolved by a split whose good images would show at least this many
+#: false positives at that rate; with fewer, one image more or less moves the rate past it.
+EXPECTED_FALSE_POSITIVES = 3
 
 
 def fpr_threshold(normal_scores: np.ndarray, fpr: float) -> float:
@@ -42,6 +57,21 @@ def fpr_threshold(normal_scores: np.ndarray, fpr: float) -> float:
     return float(np.nextafter(s[allowed], np.inf))
 
 
+def rate_resolution_warning(n_good: int, fpr: float) -> str | None:
+    """A warning when ``n_good`` good images are too few to measure a false-positive rate ``fpr``."""
+    if fpr <= 0.0:
+        return None  # "flag none of these good images" is what fpr 0 asks, and any n measures it
+    need = math.ceil(EXPECTED_FALSE_POSITIVES / fpr - 1e-9)
+    if n_good >= need:
+        return None
+    allowed = math.floor(fpr * n_good + 1e-9)
+    return (f"{n_good} good images cannot measure a false-positive rate of {fpr:g}: at that rate they would show "
+            f"{n_good * fpr:.2g} false positives, so the threshold only ensures that "
+            f"{'none' if allowed == 0 else f'at most {allowed}'} of these {n_good} are flagged; measuring {fpr:g} "
+            f"needs at least {need} good images (about {EXPECTED_FALSE_POSITIVES} false positives at that rate): "
+            "add good images to the validation split")
+
+
 def recalibrate(
     bundle: str | Path,
     dataset: str | Path,
@@ -52,8 +82,13 @@ def recalibrate(
     device: str = "cpu",
     batch_size: int = 8,
     progress: Progress = SILENT,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Compute new thresholds, rewrite the manifest atomically; returns the history entry."""
+    """Compute new thresholds, rewrite the manifest atomically; returns the history entry.
+
+    Raises ConfigError, with the manifest unchanged, for a threshold that gives no verdict (see the
+    module's docstring) unless ``force``; the entry's ``warnings`` say what to look at otherwise.
+    """
     if mode not in MODES:
         raise ConfigError(f"calibration mode {mode!r} is not known; valid: {', '.join(MODES)}")
     if mode == "fpr" and not 0.0 <= fpr < 1.0:
@@ -66,25 +101,49 @@ def recalibrate(
     with manifest_lock(root):
         read_manifest(root)  # still a valid, untampered manifest
         manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))  # as on disk, not upgraded
-        entry = _apply(manifest, ev, mode, fpr)
+        entry = _apply(manifest, ev, mode, fpr, force=force)
         write_json_atomic(root / MANIFEST, manifest)
     return entry
 
 
-def _apply(manifest: dict[str, Any], ev: Any, mode: str, fpr: float) -> dict[str, Any]:
-    """Set new thresholds from the scored split ``ev`` in ``manifest``; returns the history entry."""
+def _apply(manifest: dict[str, Any], ev: Any, mode: str, fpr: float, *, force: bool = False) -> dict[str, Any]:
+    """Set new thresholds from the scored split ``ev`` in ``manifest``; returns the history entry.
+
+    Raises ConfigError before ``manifest`` is changed when the new image threshold gives no verdict
+    and not ``force``."""
     ok = ev.scored
     labels = np.array([r.label for r in ok])
     scores = np.array([r.score for r in ok], np.float64)
     if not (labels == 0).any():
         raise ConfigError("the validation split has no good images; calibration needs test/good/")
+    if mode == "f1" and not (labels == 1).any():
+        raise ConfigError(f"--mode f1 needs anomalous images in test/<defect>/ and {ev.dataset} has only good ones; "
+                          "add anomalous images, or use --mode fpr (it needs good images only)")
 
-    cal = manifest["calibration"]
-    old_image, old_pixel = cal["image"]["threshold"], (cal.get("pixel") or {}).get("threshold")
     if mode == "f1":
         new_image = metrics.f1_max(labels, scores)[1]
     else:
         new_image = fpr_threshold(scores[labels == 0], fpr)
+    refusals = _no_verdict(labels, scores >= new_image, mode, ev)
+    if refusals and not force:
+        raise ConfigError(f"refusing the new image threshold {new_image:.4g} ({mode} on {len(ok)} images of "
+                          f"{ev.dataset}): it {'; and it '.join(refusals)}; the bundle is unchanged. "
+                          "Use more or other validation data of the bundle's category, or --mode fpr --fpr RATE; "
+                          "--force writes it anyway")
+    warnings = [w for w in [category_warning(manifest, ev.category)] if w]
+    warnings += [f"the new image threshold {new_image:.4g}, written with --force, {r}" for r in refusals]
+    n_good, n_good_flagged = int((labels == 0).sum()), int((scores[labels == 0] >= new_image).sum())
+    # --mode fpr flags at most the share asked for; F1 picks one, and it can be most good parts.
+    if mode == "f1" and HIGH_FALSE_POSITIVE_RATE < n_good_flagged / n_good < 1.0:
+        warnings.append(f"the new image threshold {new_image:.4g} flags {n_good_flagged} of the {n_good} good images "
+                        f"({n_good_flagged / n_good:.0%}) of this split: on a line it would reject about that share of "
+                        "good parts (F1 weighs good and anomalous images by their counts in the split); to choose "
+                        "the share, use --mode fpr --fpr RATE")
+    if mode == "fpr" and (w := rate_resolution_warning(n_good, fpr)):
+        warnings.append(w)
+
+    cal = manifest["calibration"]
+    old_image, old_pixel = cal["image"]["threshold"], (cal.get("pixel") or {}).get("threshold")
     new_pixel = None
     if ev.masks is not None and ev.maps is not None and cal.get("pixel"):
         if mode == "f1":
@@ -114,9 +173,29 @@ def _apply(manifest: dict[str, Any], ev: Any, mode: str, fpr: float) -> dict[str
             "false_positive_rate": float(predicted[labels == 0].mean()),
             "true_positive_rate": float(predicted[labels == 1].mean()) if (labels == 1).any() else None,
         },
+        "warnings": warnings,
+        **({"forced": True} if force and refusals else {}),
     }
     cal.setdefault("history", []).append(entry)
     return entry
+
+
+def _no_verdict(labels: np.ndarray, predicted: np.ndarray, mode: str, ev: Any) -> list[str]:
+    """Why an image threshold gives no verdict on this split, each a phrase after "it" (empty when
+    it does give one): it flags every good image, or it detects none of the anomalous ones."""
+    out = []
+    n_good, n_bad = int((labels == 0).sum()), int((labels == 1).sum())
+    auroc = ev.metrics.get("image_auroc")
+    separation = f" (image AUROC {auroc:.3f})" if isinstance(auroc, float) else ""
+    if predicted[labels == 0].all():
+        # --mode fpr with fpr < 1 always leaves the highest good score unflagged: this is F1's case.
+        out.append(f"flags all {n_good} good images (100%) of the split, so every verdict would be 'anomalous' "
+                   f"(F1 is highest when everything is flagged, as when the scores do not separate good from "
+                   f"anomalous images here{separation} and anomalous images outnumber good ones)")
+    if n_bad and not predicted[labels == 1].any():
+        out.append(f"detects none of the {n_bad} anomalous images, so every verdict would be 'good' (they all score "
+                   f"below what the good images allow{separation})")
+    return out
 
 
 def format_recalibration(entry: dict[str, Any], bundle: str | Path) -> str:

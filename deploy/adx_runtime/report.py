@@ -3,8 +3,9 @@
 - ``roc.png``: image-level ROC (and pixel-level, when masks exist), AUROC in the legend;
 - ``pro.png``: the PRO curve with the FPR = 0.3 integration limit shaded;
 - ``scores.png``: histogram of normal vs anomalous image scores with the threshold marked;
-- ``false_negatives.png`` / ``false_positives.png``: the worst misses and false alarms, each row
-  image | ground truth | heatmap overlay;
+- ``false_negatives.png`` / ``false_positives.png``: the worst misses and false alarms at the
+  threshold (only images it got wrong; none, no picture), each row image | ground truth | heatmap
+  overlay;
 - ``index.html``: one page with all of it and the numbers.
 """
 
@@ -98,10 +99,12 @@ def _histogram(plt: Any, ev: Evaluation, path: Path) -> None:
 
 
 def worst_cases(ev: Evaluation, n: int = GALLERY_ROWS) -> tuple[list[ImageRecord], list[ImageRecord]]:
-    """(false negatives, false positives): anomalous images scored lowest, normal ones highest."""
+    """(false negatives, false positives) at the evaluation's threshold: the missed anomalous images
+    scored lowest and the flagged good images scored highest. Only real errors: a good image that
+    passed is no false positive however high it scored, so either list may be empty."""
     ok = ev.scored
-    fn = sorted((r for r in ok if r.label == 1), key=lambda r: r.score)[:n]
-    fp = sorted((r for r in ok if r.label == 0), key=lambda r: -r.score)[:n]
+    fn = sorted((r for r in ok if r.label == 1 and r.score < ev.threshold), key=lambda r: r.score)[:n]
+    fp = sorted((r for r in ok if r.label == 0 and r.score >= ev.threshold), key=lambda r: -r.score)[:n]
     return fn, fp
 
 
@@ -149,8 +152,8 @@ def write_report(ev: Evaluation, out: str | Path, predictor: Predictor) -> list[
     _histogram(plt, ev, out / "scores.png")
     written.append(out / "scores.png")
     fn, fp = worst_cases(ev)
-    for rows, name, title in ((fn, "false_negatives.png", "Worst false negatives: anomalous images scored lowest"),
-                              (fp, "false_positives.png", "Worst false positives: normal images scored highest")):
+    for rows, name, title in ((fn, "false_negatives.png", "Worst false negatives: missed anomalous images, lowest first"),
+                              (fp, "false_positives.png", "Worst false positives: flagged normal images, highest first")):
         if rows:
             _gallery(plt, ev, rows, predictor, title, out / name)
             written.append(out / name)
@@ -168,8 +171,16 @@ def _html(ev: Evaluation, pictures: list[str], fn: list[ImageRecord], fp: list[I
         f"<tr><td>{esc(k)}</td><td>{e['n']}</td><td>{e['mean_score']:.4g}</td><td>{e['flagged_rate']:.1%}</td>"
         f"<td>{fmt(e.get('image_auroc'))}</td><td>{fmt(e.get('pixel_auroc'))}</td><td>{fmt(e.get('aupro'))}</td></tr>"
         for k, e in ev.per_kind.items())
-    cases = lambda rows: "".join(f"<li>{esc(r.defect)}/{esc(Path(r.path).name)}: {r.score:.4g}</li>" for r in rows)  # noqa: E731
+
+    def cases(rows: list[ImageRecord], none: str) -> str:
+        if not rows:  # say so rather than show an empty list
+            return f"<p>none: {esc(none)} at the threshold {ev.threshold:.4g}</p>"
+        items = "".join(f"<li>{esc(r.defect)}/{esc(Path(r.path).name)}: {r.score:.4g}</li>" for r in rows)
+        return f"<ol>{items}</ol>"
+
     notes = "".join(f"<li>{esc(n)}</li>" for n in ev.notes)
+    warnings = "".join(f"<li>{esc(w)}</li>" for w in ev.warnings)
+    warnings = f'<h2>Warnings</h2><ul style="color:#a00">{warnings}</ul>' if warnings else ""
     imgs = "".join(f'<figure><img src="{esc(p)}" style="max-width:100%"><figcaption>{esc(p)}</figcaption></figure>'
                    for p in pictures)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>adx eval: {esc(ev.category)}</title>
@@ -177,9 +188,10 @@ def _html(ev: Evaluation, pictures: list[str], fn: list[ImageRecord], fp: list[I
 </head><body><h1>{esc(ev.method)} on {esc(ev.category)}</h1>
 <p>bundle {esc(ev.bundle)} (manifest sha256 {ev.manifest_sha256[:16]}...), dataset {esc(ev.dataset)},
 image threshold {ev.threshold:.4g}</p>
-<table><tr><th>metric</th><th>value</th></tr>{metric_rows}</table>
+{warnings}<table><tr><th>metric</th><th>value</th></tr>{metric_rows}</table>
 <h2>Per defect type</h2><table><tr><th>kind</th><th>n</th><th>mean score</th><th>flagged</th>
 <th>image AUROC</th><th>pixel AUROC</th><th>AUPRO</th></tr>{kinds}</table>
-<h2>Worst false negatives</h2><ol>{cases(fn)}</ol><h2>Worst false positives</h2><ol>{cases(fp)}</ol>
+<h2>Worst false negatives</h2>{cases(fn, "every anomalous image was flagged")}
+<h2>Worst false positives</h2>{cases(fp, "no good image was flagged")}
 <ul>{notes}</ul>{imgs}</body></html>
 """
