@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import list_test_images
-from torchfree import edge_env, make_torch_free_venv
+from torchfree import CPU_DISTS, edge_env, make_torch_free_venv
 
 from adx_runtime.preprocess import load_image, stack
 
@@ -98,7 +98,41 @@ def test_bench_and_calibrate_run_without_torch(bundle: Path, dataset: Path, torc
 
     copy = tmp_path / "bundle"
     shutil.copytree(bundle, copy)
-    proc = run(torch_free_python, "-m", "adx_cli", "calibrate", str(copy), str(dataset), "-c", "weave", "-q")
+    proc = run(torch_free_python, "-m", "adx_cli", "calibrate", str(copy), str(dataset), "-c", "weave", "-q",
+               "--force")  # the tiny model's F1 threshold flags every good image: refused without --force
     assert proc.returncode == 0, proc.stderr
     assert "image threshold" in proc.stdout
     assert json.loads((copy / "manifest.json").read_text())["calibration"]["history"][-1]["mode"] == "f1"
+
+
+def test_commands_that_need_an_extra_say_so_in_one_line(bundle: Path, dataset: Path, torch_free_python: Path,
+                                                        tmp_path: Path) -> None:
+    """Without torch (and, in a second venv, without the eval extra) each such command stops at once
+    with one line naming the extra to install: no traceback, nothing scored first. The commands run
+    side by side to keep this quick."""
+    core_python = make_torch_free_venv(tmp_path / "core", CPU_DISTS)
+    proc = run(core_python, "-c", "import sklearn")
+    assert proc.returncode != 0 and "No module named 'sklearn'" in proc.stderr
+    cases = [
+        (torch_free_python, ["train", str(dataset), "-c", "weave", "-o", str(tmp_path / "m")], "train"),
+        (torch_free_python, ["export", str(tmp_path / "m"), "-o", str(tmp_path / "b")], "train"),
+        (torch_free_python, ["demo", "-o", str(tmp_path / "d")], "train"),
+        (torch_free_python, ["methods"], "train"),
+        (torch_free_python, ["bench-fit"], "train"),
+        (core_python, ["eval", str(bundle), str(dataset), "-c", "weave"], "eval"),
+        (core_python, ["calibrate", str(bundle), str(dataset), "-c", "weave"], "eval"),
+    ]
+    procs = [subprocess.Popen([str(python), "-m", "adx_cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, cwd=python.parent, env=edge_env()) for python, args, _ in cases]
+    for (_, args, extra), p in zip(cases, procs):
+        out, err = p.communicate(timeout=120)
+        lines = err.strip().splitlines()
+        assert p.returncode == 1 and "Traceback" not in err, (args, err)
+        assert len(lines) == 1 and f"pip install 'adexport[{extra}]'" in lines[0], (args, err)
+        assert not out.strip(), (args, out)
+    assert not (tmp_path / "m").exists() and not (tmp_path / "d").exists()
+    # what needs no torch still runs there: a bundle to a Triton repository
+    proc = run(torch_free_python, "-m", "adx_cli", "export", str(bundle), "--format", "triton",
+               "-o", str(tmp_path / "t"))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "t" / "patchcore_weave" / "1").is_dir()

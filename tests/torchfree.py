@@ -20,8 +20,9 @@ from packaging.requirements import Requirement
 import adx_cli
 import adx_runtime
 
-#: What ``adexport[cpu,eval]`` installs at the top level (without adexport itself).
-RUNTIME_DISTS = ["numpy", "pillow", "typer", "rich", "threadpoolctl", "onnxruntime", "faiss-cpu", "scikit-learn", "scipy", "matplotlib"]
+#: What ``adexport[cpu]`` installs at the top level (without adexport itself), and with ``eval``.
+CPU_DISTS = ["numpy", "pillow", "typer", "rich", "threadpoolctl", "onnxruntime", "faiss-cpu"]
+RUNTIME_DISTS = [*CPU_DISTS, "scikit-learn", "scipy", "matplotlib"]
 FORBIDDEN = {"torch", "torchvision", "timm"}
 
 
@@ -48,13 +49,13 @@ def _closure(names: list[str]) -> list[metadata.Distribution]:
     return list(seen.values())
 
 
-def make_torch_free_venv(path: Path) -> Path:
-    """Create the venv at ``path``; returns its python executable."""
+def make_torch_free_venv(path: Path, dists: list[str] = RUNTIME_DISTS) -> Path:
+    """Create the venv at ``path`` with ``dists`` and what they require; returns its python executable."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
     purelib = Path(sysconfig.get_path("purelib", vars={"base": str(path), "platbase": str(path)}))
     purelib.mkdir(parents=True, exist_ok=True)
     linked: set[str] = set()
-    for dist in _closure(RUNTIME_DISTS):
+    for dist in _closure(dists):
         for f in dist.files or []:
             top = f.parts[0]
             if top in linked or top.endswith(".pth") or top == ".." or top == "__pycache__" or top.startswith("__editable__"):

@@ -1,24 +1,28 @@
 """``adx``: train, export and run industrial anomaly detectors.
 
 Each command parses its options, calls one library function and prints. The torch side
-(``adexport``) is imported only inside ``train``, ``export``, ``demo`` and ``bench-fit``, so
-``infer``, ``eval``, ``calibrate`` and ``bench`` work where torch is not installed.
+(``adexport``) is imported only inside ``train``, ``methods``, ``export``, ``demo`` and ``bench-fit``,
+so ``infer``, ``eval``, ``calibrate`` and ``bench`` work where torch is not installed. A command
+that needs an extra checks it first (:func:`require`, table :data:`NEEDS`) and stops in one line.
 """
 
 from __future__ import annotations
 
 import functools
 import glob
+import importlib.util
 import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional, TypeVar
 
 import typer
+from typer.core import TyperArgument, TyperCommand
 
-from adx_runtime.errors import AdxError, ConfigError, Interrupted
+from adx_runtime.errors import AdxError, ConfigError, DependencyError, Interrupted
 from adx_runtime.images import IMAGE_LIKE_SUFFIXES, IMAGE_SUFFIXES
 
 app = typer.Typer(
@@ -28,6 +32,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Click's own help layout, not rich's tables: at 80 columns rich cut flag names and squeezed the
+    # help into a 20-character column; click wraps help under a long flag instead and rewraps text.
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -57,11 +64,73 @@ def handle_errors(fn: F) -> F:
         except AdxError as exc:
             _err(str(exc))
             raise typer.Exit(EXIT_ERROR) from None
+        except ModuleNotFoundError as exc:
+            # A safety net behind require(): an optional package imported where no check named it.
+            need = _NEED_BY_MODULE.get((exc.name or "").partition(".")[0])
+            if need is None:
+                raise
+            _err(f"{need.what} is not installed (import of {exc.name!r} failed): pip install 'adexport[{need.extra}]'")
+            raise typer.Exit(EXIT_ERROR) from None
         except KeyboardInterrupt:
             _err("interrupted")
             raise typer.Exit(EXIT_INTERRUPTED) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Need:
+    """An optional package a command imports: its import name, the name users know it by, and the
+    adexport extra that installs it."""
+
+    module: str
+    what: str
+    extra: str
+
+
+TORCH = Need("torch", "PyTorch", "train")
+TIMM = Need("timm", "timm", "train")
+ONNX = Need("onnx", "onnx", "train")
+SAFETENSORS = Need("safetensors", "safetensors", "train")
+ONNXRUNTIME = Need("onnxruntime", "ONNX Runtime", "cpu")
+SKLEARN = Need("sklearn", "scikit-learn", "eval")
+SCIPY = Need("scipy", "scipy", "eval")
+MATPLOTLIB = Need("matplotlib", "matplotlib", "eval")
+_NEED_BY_MODULE = {n.module: n for n in (TORCH, TIMM, ONNX, SAFETENSORS, ONNXRUNTIME, SKLEARN, SCIPY, MATPLOTLIB)}
+
+#: What each command needs beyond the core install, checked by require() before any work starts,
+#: so a missing extra is one line at once, not a traceback (or an error after every image is scored).
+#: The runtime's own commands (infer, bench, serve) check ONNX Runtime, FAISS and tritonclient as
+#: they load, before scoring.
+NEEDS: dict[str, tuple[Need, ...]] = {
+    "train": (TORCH, TIMM, SAFETENSORS),
+    "methods": (TORCH,),
+    "export": (TORCH, ONNX, SAFETENSORS, ONNXRUNTIME),
+    "bench-fit": (TORCH, TIMM, ONNX, SAFETENSORS, ONNXRUNTIME),
+    "demo": (TORCH, TIMM, ONNX, SAFETENSORS, ONNXRUNTIME, SKLEARN, SCIPY),
+    "eval": (SKLEARN, SCIPY),
+    "eval --report": (SKLEARN, SCIPY, MATPLOTLIB),
+    "calibrate": (SKLEARN, SCIPY),
+}
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken or half-removed install
+        return False
+
+
+def require(command: str) -> None:
+    """Raise DependencyError naming every missing package of ``command`` (a key of NEEDS) and the
+    extras that install them, in one line."""
+    missing = [need for need in NEEDS[command] if not _installed(need.module)]
+    if not missing:
+        return
+    extras = list(dict.fromkeys(need.extra for need in missing))
+    hint = " (on an NVIDIA GPU box, gpu instead of cpu)" if "cpu" in extras else ""
+    raise DependencyError(f"adx {command} needs {', '.join(need.what for need in missing)}, not installed here: "
+                          f"pip install 'adexport[{','.join(extras)}]'{hint}")
 
 
 def _progress(quiet: bool) -> Any:
@@ -111,28 +180,46 @@ def _scan_folder(folder: Path, recursive: bool, seen: set[str] | None = None) ->
     return out
 
 
+def _pattern_root(pattern: str) -> Path:
+    """The fixed leading folders of a glob pattern (``data/*/test/*.png`` -> ``data``)."""
+    fixed: list[str] = []
+    for part in Path(pattern).parts[:-1]:
+        if any(ch in part for ch in "*?["):
+            break
+        fixed.append(part)
+    return Path(*fixed) if fixed else Path(".")
+
+
+def expand_inputs_rooted(inputs: list[str], recursive: bool = False) -> list[tuple[Path, Optional[Path]]]:
+    """Like :func:`expand_inputs`, each path with the root of the argument that named it: the
+    folder given, a pattern's fixed leading folders, or None for a file named itself (what
+    ``adx infer --save-maps`` names maps after)."""
+    out: list[tuple[Path, Optional[Path]]] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            out += [(p, path) for p in sorted(_scan_folder(path, recursive))]
+        elif not os.path.lexists(path) and any(ch in item for ch in "*?["):
+            matches = sorted(Path(p) for p in glob.glob(item, recursive=True)
+                             if not Path(p).is_dir() or _image_like(Path(p)))
+            if not matches:
+                raise ConfigError(f"the pattern {item!r} matches no files")
+            root = _pattern_root(item)
+            out += [(p, root) for p in matches]
+        else:
+            out.append((path, None))
+    if not out:
+        raise ConfigError(f"no images found in {', '.join(inputs)} (looked for {', '.join(IMAGE_SUFFIXES)})")
+    return out
+
+
 def expand_inputs(inputs: list[str], recursive: bool = False) -> list[Path]:
     """Files, folders (their images) and glob patterns -> paths, in the order given.
 
     Every path named is kept, even one that does not exist or is not a file: scoring gives it its
     own error line and the others are still scored. A pattern that matches nothing is an error.
     """
-    out: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            out += sorted(_scan_folder(path, recursive))
-        elif not os.path.lexists(path) and any(ch in item for ch in "*?["):
-            matches = sorted(Path(p) for p in glob.glob(item, recursive=True)
-                             if not Path(p).is_dir() or _image_like(Path(p)))
-            if not matches:
-                raise ConfigError(f"the pattern {item!r} matches no files")
-            out += matches
-        else:
-            out.append(path)
-    if not out:
-        raise ConfigError(f"no images found in {', '.join(inputs)} (looked for {', '.join(IMAGE_SUFFIXES)})")
-    return out
+    return [path for path, _ in expand_inputs_rooted(inputs, recursive)]
 
 
 def check_outputs(output: str, save_maps: Optional[Path], inputs: list[Path]) -> None:
@@ -234,22 +321,22 @@ def train(
     category: Annotated[Optional[str], typer.Option("--category", "-c", help="Category folder inside DATASET.")] = None,
     method: Annotated[str, typer.Option("--method", "-m", help="Method; `adx methods` lists them.")] = "patchcore",
     set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="KEY=VALUE for any method option, repeatable; `adx methods METHOD` lists options, types and defaults.")] = None,
-    backbone: Annotated[Optional[str], typer.Option(help="Shortcut for --set backbone=... (timm name) \\[default: efficientnet_lite0, offline weights].")] = None,
+    backbone: Annotated[Optional[str], typer.Option(help="Shortcut for --set backbone=... (timm name) [default: efficientnet_lite0, offline weights].")] = None,
     weights: Annotated[Optional[str], typer.Option(help="Shortcut for --set weights=...: auto | offline | timm | random | path to a .safetensors or .pth file.")] = None,
     layers: Annotated[Optional[str], typer.Option(help="Shortcut for --set layers=...: feature stages by index or name, e.g. 2,3 or layer2,layer3.")] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="Shortcut for --set image_size=...: square input size after resize \\[default: the method's].")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Trained methods: shortcut for --set epochs=... \\[default: the method's].")] = None,
-    coreset_ratio: Annotated[Optional[float], typer.Option(help="PatchCore: coreset size / training patches \\[default: 0.1].")] = None,
-    k: Annotated[Optional[int], typer.Option("--k", help="PatchCore: neighbours b of the image-score reweighting \\[default: 3]; SPADE: nearest training images \\[default: 50].")] = None,
-    target_dim: Annotated[Optional[int], typer.Option(help="PatchCore: patch feature size \\[default: stages' channels].")] = None,
-    projection_dim: Annotated[Optional[int], typer.Option(help="PatchCore: random projection size for the coreset \\[default: 128].")] = None,
-    n_features: Annotated[Optional[int], typer.Option(help="PaDiM: random channel subset d \\[default: 100].")] = None,
-    epsilon: Annotated[Optional[float], typer.Option(help="PaDiM: covariance regularisation \\[default: 0.01].")] = None,
-    map_stride: Annotated[Optional[int], typer.Option(help="SPADE: stride of the pixel-level feature map \\[default: 8].")] = None,
-    store_dtype: Annotated[Optional[str], typer.Option(help="PaDiM/SPADE: float32 | float16 for the stored statistics/gallery \\[default: float32].")] = None,
-    textures: Annotated[Optional[str], typer.Option(help="PRNet: folder of foreign textures (e.g. DTD) for its synthetic anomalies \\[default: textures the project generates, minus the training category].")] = None,
-    anomalies: Annotated[Optional[str], typer.Option(help="PRNet: folder of real anomalies in the MVTec layout (test/<defect>/ with ground_truth/) mixed into training \\[default: none, synthetic only].")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed for the holdout split, coreset, weights and shuffling \\[default: 0].")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Shortcut for --set image_size=...: square input size after resize [default: the method's].")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Trained methods: shortcut for --set epochs=... [default: the method's].")] = None,
+    coreset_ratio: Annotated[Optional[float], typer.Option(help="PatchCore: coreset size / training patches [default: 0.1].")] = None,
+    k: Annotated[Optional[int], typer.Option("--k", help="PatchCore: neighbours b of the image-score reweighting [default: 3]; SPADE: nearest training images [default: 50].")] = None,
+    target_dim: Annotated[Optional[int], typer.Option(help="PatchCore: patch feature size [default: stages' channels].")] = None,
+    projection_dim: Annotated[Optional[int], typer.Option(help="PatchCore: random projection size for the coreset [default: 128].")] = None,
+    n_features: Annotated[Optional[int], typer.Option(help="PaDiM: random channel subset d [default: 100].")] = None,
+    epsilon: Annotated[Optional[float], typer.Option(help="PaDiM: covariance regularisation [default: 0.01].")] = None,
+    map_stride: Annotated[Optional[int], typer.Option(help="SPADE: stride of the pixel-level feature map [default: 8].")] = None,
+    store_dtype: Annotated[Optional[str], typer.Option(help="PaDiM/SPADE: float32 | float16 for the stored statistics/gallery [default: float32].")] = None,
+    textures: Annotated[Optional[str], typer.Option(help="PRNet: folder of foreign textures (e.g. DTD) for its synthetic anomalies [default: textures the project generates, minus the training category].")] = None,
+    anomalies: Annotated[Optional[str], typer.Option(help="PRNet: folder of real anomalies in the MVTec layout (test/<defect>/ with ground_truth/) mixed into training [default: none, synthetic only].")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for the holdout split, coreset, weights and shuffling [default: 0].")] = None,
     holdout: Annotated[float, typer.Option(help="Fraction of train/good kept out of the fit to calibrate thresholds.")] = 0.2,
     device: Annotated[str, typer.Option(help="Torch device: auto | cpu | cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass for feature extraction and calibration (a trained method's optimiser batch is --set batch_size=N).")] = 8,
@@ -262,6 +349,7 @@ def train(
     Trained networks (RD4AD, RIAD, CutPaste, PRNet) show epoch, loss and time left, write a checkpoint every few epochs and
     on Ctrl-C (resume with --resume), and draw their loss curve into OUT/loss_curve.png.
     """
+    require("train")
     from adexport.train import run_training  # noqa: PLC0415
 
     shortcuts = {"backbone": backbone, "weights": weights, "layers": _parse_layers(layers), "image_size": image_size,
@@ -280,7 +368,12 @@ def train(
 def methods(
     name: Annotated[Optional[str], typer.Argument(help="A method: list its options, types, defaults and help.")] = None,
 ) -> None:
-    """List the methods, or one method's options (what `adx train --set KEY=VALUE` accepts)."""
+    """List the methods, or one method's options (what `adx train --set KEY=VALUE` accepts).
+
+    Without NAME, one line per method: what it computes and how it learns (one-pass fit or trained
+    network). With NAME, every option with its type, default, valid values and help.
+    """
+    require("methods")
     from adexport.methods import METHODS  # noqa: PLC0415
     from adexport.methods.options import format_methods  # noqa: PLC0415
 
@@ -294,16 +387,16 @@ def export(
     model: Annotated[Path, typer.Argument(help="Fitted model folder written by `adx train`.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Bundle folder to write (atomically).")],
     format: Annotated[str, typer.Option("--format", "-f", help="onnx | tensorrt (ONNX bundle + engine for this GPU) | triton (MODEL is a bundle; OUT a Triton model repository).")] = "onnx",
-    bank: Annotated[Optional[str], typer.Option(help="Memory-bank methods (PatchCore): faiss (a FAISS index) or npz (numpy arrays) \\[default: faiss]. Other methods refuse it.")] = None,
-    index_type: Annotated[Optional[str], typer.Option(help="PatchCore bank / SPADE image gallery: FAISS index factory string: Flat (exact), SQ8, IVF64,Flat, IVF64,PQ38, HNSW32, ... \\[default: Flat]. Approximate ones are measured against exact search on held-out images. Other methods refuse it.")] = None,
-    search_param: Annotated[Optional[list[str]], typer.Option("--search-param", help="Approximate index: NAME=VALUE search parameter recorded as the bundle's default, repeatable: nprobe=N (IVF), efSearch=N (HNSW) \\[default: FAISS's, nprobe 1, efSearch 16].")] = None,
-    shards: Annotated[Optional[int], typer.Option(help="PatchCore: split the bank into N FAISS index files searched as one (IndexShards) \\[default: 1, one file].")] = None,
+    bank: Annotated[Optional[str], typer.Option(help="Memory-bank methods (PatchCore): faiss (a FAISS index) or npz (numpy arrays) [default: faiss]. Other methods refuse it.")] = None,
+    index_type: Annotated[Optional[str], typer.Option(help="PatchCore bank / SPADE image gallery: FAISS index factory string: Flat (exact), SQ8, IVF64,Flat, IVF64,PQ38, HNSW32, ... [default: Flat]. Approximate ones are measured against exact search on held-out images. Other methods refuse it.")] = None,
+    search_param: Annotated[Optional[list[str]], typer.Option("--search-param", help="Approximate index: NAME=VALUE search parameter recorded as the bundle's default, repeatable: nprobe=N (IVF), efSearch=N (HNSW) [default: FAISS's, nprobe 1, efSearch 16].")] = None,
+    shards: Annotated[Optional[int], typer.Option(help="PatchCore: split the bank into N FAISS index files searched as one (IndexShards) [default: 1, one file].")] = None,
     accept_approximate: Annotated[bool, typer.Option(help="Write the bundle even when the approximate index misses its tolerance against exact search (recall@1 >= 0.5, mean relative distance error <= 0.05).")] = False,
-    quantize: Annotated[Optional[str], typer.Option(help="int8: statically quantized graph (ONNX Runtime QDQ, per-channel int8 weights), parity checked against float32 torch \\[default: none, float32]. Methods that declare int8 unsafe refuse it.")] = None,
+    quantize: Annotated[Optional[str], typer.Option(help="int8: statically quantized graph (ONNX Runtime QDQ, per-channel int8 weights), parity checked against float32 torch [default: none, float32]. Methods that declare int8 unsafe refuse it.")] = None,
     calibration_images: Annotated[int, typer.Option(help="With --quantize int8: training images to calibrate activation ranges on.")] = 32,
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
-    parity_images: Annotated[Optional[list[str]], typer.Option(help="Images for the parity check \\[default: recorded at training].")] = None,
-    parity_tolerance: Annotated[Optional[float], typer.Option(help="Relative tolerance for scores and maps \\[default: the method's, 1e-3 for exact scoring].")] = None,
+    parity_images: Annotated[Optional[list[str]], typer.Option(help="Images for the parity check [default: recorded at training].")] = None,
+    parity_tolerance: Annotated[Optional[float], typer.Option(help="Relative tolerance for scores and maps [default: the method's, 1e-3 for exact scoring].")] = None,
     max_batch: Annotated[int, typer.Option(help="TensorRT: largest batch of the engine's shape profile; triton: max_batch_size.")] = 16,
     max_queue_delay_us: Annotated[int, typer.Option(help="triton: dynamic batching's max_queue_delay_microseconds (0: batch what queued while the model was busy).")] = 0,
     instances: Annotated[int, typer.Option(help="triton: instances of each model (instance_group count).")] = 1,
@@ -318,12 +411,13 @@ def export(
     if format == "triton":
         _triton_repo(model, out, max_batch=max_batch, delay_us=max_queue_delay_us, instances=instances, name=None)
         return
-    from adexport.export import TOLERANCE_EXACT, export_bundle, format_export_summary  # noqa: PLC0415
+    require("export")
+    from adexport.export import export_bundle, format_export_summary  # noqa: PLC0415
 
     images = [str(p) for p in expand_inputs(parity_images)] if parity_images else None
     tolerance = None
     if parity_tolerance is not None:
-        tolerance = {"features": TOLERANCE_EXACT["features"], "image_scores": parity_tolerance, "maps": parity_tolerance}
+        tolerance = {"image_scores": parity_tolerance, "maps": parity_tolerance}  # graph outputs keep the export's own
     manifest = export_bundle(model, out, fmt=format, bank=bank, index_type=index_type, opset=opset,
                              parity_images=images, tolerance=tolerance, max_batch=max_batch, fp16=fp16,
                              quantize=quantize, calibration_images=calibration_images,
@@ -344,8 +438,8 @@ def _triton_repo(bundle: Path, out: Path, **kw: Any) -> None:
 @handle_errors
 def triton_repo(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder written by `adx export`.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Triton model repository (created, or a new version added).")],
-    name: Annotated[Optional[str], typer.Option(help="Model name \\[default: METHOD_CATEGORY from the manifest].")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Triton model repository: a new or empty folder, or one adx wrote (a new version is added).")],
+    name: Annotated[Optional[str], typer.Option(help="Model name [default: METHOD_CATEGORY from the manifest].")] = None,
     max_batch: Annotated[int, typer.Option(help="max_batch_size of every model.")] = 16,
     max_queue_delay_us: Annotated[int, typer.Option(help="Dynamic batching: longest wait for a fuller batch, microseconds (0: batch what queued while the model was busy; each ensemble step waits).")] = 0,
     instances: Annotated[int, typer.Option(help="Instances of each model (instance_group count).")] = 1,
@@ -354,6 +448,7 @@ def triton_repo(
     backend, the runtime's own code), ensembles for float tensors and for encoded image bytes.
 
     A new export of the same model becomes the next version folder; the generated README.md says how to run it.
+    A folder holding anything adx did not write (or changed since) is refused before anything is written.
     """
     _triton_repo(bundle, out, name=name, max_batch=max_batch, delay_us=max_queue_delay_us, instances=instances)
 
@@ -397,7 +492,7 @@ def infer(
     threshold: Annotated[Optional[float], typer.Option(help="Raw image-score threshold overriding the bundle's.")] = None,
     device: Annotated[str, typer.Option(help="ONNX Runtime provider: cpu | cuda | tensorrt.")] = "cpu",
     bank_device: Annotated[str, typer.Option(help="FAISS search: auto | cpu | cuda.")] = "auto",
-    search_param: Annotated[Optional[list[str]], typer.Option("--search-param", help="FAISS search parameter NAME=VALUE overriding the bundle's, repeatable: nprobe=N (IVF), efSearch=N (HNSW) \\[default: the bundle's].")] = None,
+    search_param: Annotated[Optional[list[str]], typer.Option("--search-param", help="FAISS search parameter NAME=VALUE overriding the bundle's, repeatable: nprobe=N (IVF), efSearch=N (HNSW) [default: the bundle's].")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 8,
     save_maps: Annotated[Optional[Path], typer.Option(help="Folder for heatmap overlays (PNG), each at its image's own size.")] = None,
     raw_maps: Annotated[Optional[str], typer.Option(help="Also write each raw map into --save-maps at the image's size: npy (float32 raw scores) or png16 (16-bit normalised map, pixel threshold = 32768).")] = None,
@@ -412,7 +507,8 @@ def infer(
     from adx_runtime.infer import score_files  # noqa: PLC0415
     from adx_runtime.predictor import Predictor  # noqa: PLC0415
 
-    paths = expand_inputs(inputs, recursive)
+    rooted = expand_inputs_rooted(inputs, recursive)
+    paths = [path for path, _ in rooted]
     check_outputs(output, save_maps, paths)
     if server is not None:
         remote = _remote_model(server, bundle, threshold=threshold, save_maps=save_maps, device=device)
@@ -427,7 +523,8 @@ def infer(
             summary = score_files_remote(remote, paths, sink, fmt=fmt, progress=_progress(quiet or output == "-"))
         else:
             summary = score_files(predictor, paths, sink, fmt=fmt, batch_size=batch_size, save_maps=save_maps,
-                                  raw_maps=raw_maps, progress=_progress(quiet or output == "-"))
+                                  raw_maps=raw_maps, roots=[root for _, root in rooted],
+                                  progress=_progress(quiet or output == "-"))
     finally:
         if sink is not sys.stdout:
             sink.close()
@@ -466,7 +563,7 @@ def eval_cmd(
     report: Annotated[Optional[Path], typer.Option(help="Folder for ROC/PRO curves, score histogram, worst-case galleries and index.html.")] = None,
     device: Annotated[str, typer.Option(help="ONNX Runtime provider: cpu | cuda | tensorrt.")] = "cpu",
     bank_device: Annotated[str, typer.Option(help="FAISS search: auto | cpu | cuda.")] = "auto",
-    search_param: Annotated[Optional[list[str]], typer.Option("--search-param", help="FAISS search parameter NAME=VALUE overriding the bundle's, repeatable: nprobe=N (IVF), efSearch=N (HNSW) \\[default: the bundle's].")] = None,
+    search_param: Annotated[Optional[list[str]], typer.Option("--search-param", help="FAISS search parameter NAME=VALUE overriding the bundle's, repeatable: nprobe=N (IVF), efSearch=N (HNSW) [default: the bundle's].")] = None,
     threshold: Annotated[Optional[float], typer.Option(help="Raw image threshold overriding the bundle's.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 8,
     compare: Annotated[Optional[Path], typer.Option(help="A second bundle of the same model (e.g. the float32 one of an int8 bundle): both scored, metrics side by side with differences.")] = None,
@@ -477,6 +574,7 @@ def eval_cmd(
     Pixel metrics need masks in ground_truth/; without them only image metrics are reported, and the output
     says so.
     """
+    require("eval --report" if report else "eval")
     from adx_runtime.evaluate import evaluate, format_evaluation  # noqa: PLC0415
     from adx_runtime.predictor import Predictor  # noqa: PLC0415
 
@@ -484,12 +582,17 @@ def eval_cmd(
     predictor = Predictor.load(bundle, device=device, bank_device=bank_device, threshold=threshold, search_params=params)
     ev = evaluate(bundle, dataset, category, batch_size=batch_size, progress=_progress(quiet), predictor=predictor)
     typer.echo(format_evaluation(ev))
+    # Warnings on stderr (and in --json): numbers that are no verdict must not pass as one.
+    for warning in ev.warnings:
+        typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
     if compare is not None:
         from adx_runtime.evaluate import format_eval_comparison  # noqa: PLC0415
 
         other = evaluate(compare, dataset, category, batch_size=batch_size, progress=_progress(quiet),
                          predictor=Predictor.load(compare, device=device, bank_device=bank_device, threshold=threshold))
         typer.echo(format_evaluation(other))
+        for warning in other.warnings:
+            typer.secho(f"warning: {compare}: {warning}", fg=typer.colors.YELLOW, err=True)
         typer.echo(format_eval_comparison(ev, other))
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -512,17 +615,23 @@ def calibrate(
     mode: Annotated[str, typer.Option(help="f1: F1-optimal thresholds; fpr: at most --fpr of good images flagged.")] = "f1",
     fpr: Annotated[float, typer.Option(help="With --mode fpr: allowed false-positive rate on good images (and pixels).")] = 0.01,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 8,
+    force: Annotated[bool, typer.Option("--force", help="Write a threshold that flags every good image or detects no anomalous one (refused otherwise).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Reset the bundle's image threshold (and pixel threshold when masks exist) from a validation split.
 
     The change is recorded in the manifest's calibration history. Use a validation set separate from the
-    test set you report metrics on.
+    test set you report metrics on. A threshold that flags every good image of the split, or detects none of
+    its anomalous images, is refused unless --force.
     """
+    require("calibrate")
     from adx_runtime.recalibrate import format_recalibration, recalibrate  # noqa: PLC0415
 
-    entry = recalibrate(bundle, dataset, category, mode=mode, fpr=fpr, batch_size=batch_size, progress=_progress(quiet))
+    entry = recalibrate(bundle, dataset, category, mode=mode, fpr=fpr, batch_size=batch_size, progress=_progress(quiet),
+                        force=force)
     typer.echo(format_recalibration(entry, bundle))
+    for warning in entry["warnings"]:  # also kept in the manifest's calibration history
+        typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
 
 
 # ---------------------------------------------------------------------------------------- bench
@@ -547,14 +656,14 @@ def _int_list(text: str) -> list[int]:
 @handle_errors
 def bench(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
-    images: Annotated[Optional[list[str]], typer.Option(help="Images to time with \\[default: the bundle's parity images].")] = None,
+    images: Annotated[Optional[list[str]], typer.Option(help="Images to time with [default: the bundle's parity images].")] = None,
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes to sweep.")] = "1,4,16",
     runs: Annotated[int, typer.Option(help="Timed batches per batch size.")] = 20,
     warmup: Annotated[int, typer.Option(help="Untimed batches first, per batch size.")] = 3,
     device: Annotated[str, typer.Option(help="ONNX Runtime provider: cpu | cuda | tensorrt.")] = "cpu",
     bank_device: Annotated[str, typer.Option(help="FAISS search: auto | cpu | cuda.")] = "auto",
     threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads (0 = all cores).")] = 0,
-    search_param: Annotated[Optional[list[str]], typer.Option("--search-param", help="FAISS search parameter NAME=VALUE overriding the bundle's, repeatable: nprobe=N (IVF), efSearch=N (HNSW) \\[default: the bundle's].")] = None,
+    search_param: Annotated[Optional[list[str]], typer.Option("--search-param", help="FAISS search parameter NAME=VALUE overriding the bundle's, repeatable: nprobe=N (IVF), efSearch=N (HNSW) [default: the bundle's].")] = None,
     compare: Annotated[Optional[Path], typer.Option(help="A second bundle, printed side by side with ratios.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write every figure here.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -587,18 +696,19 @@ def bench_fit_cmd(
     method: Annotated[str, typer.Option("--method", "-m", help="Method to fit.")] = "patchcore",
     n_train: Annotated[int, typer.Option(help="Normal training images to generate.")] = 60,
     data_size: Annotated[int, typer.Option(help="Side of the generated images, px.")] = 160,
-    image_size: Annotated[Optional[int], typer.Option(help="Model input size \\[default: the method's, 256].")] = None,
-    backbone: Annotated[Optional[str], typer.Option(help="timm backbone \\[default: efficientnet_lite0].")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Model input size [default: the method's, 256].")] = None,
+    backbone: Annotated[Optional[str], typer.Option(help="timm backbone [default: efficientnet_lite0].")] = None,
     weights: Annotated[Optional[str], typer.Option(help="auto | offline | timm | random | file.")] = None,
-    coreset_ratio: Annotated[Optional[float], typer.Option(help="PatchCore coreset ratio \\[default: 0.1].")] = None,
-    n_features: Annotated[Optional[int], typer.Option(help="PaDiM channel subset d \\[default: 100].")] = None,
+    coreset_ratio: Annotated[Optional[float], typer.Option(help="PatchCore coreset ratio [default: 0.1].")] = None,
+    n_features: Annotated[Optional[int], typer.Option(help="PaDiM channel subset d [default: 100].")] = None,
     store_dtype: Annotated[Optional[str], typer.Option(help="PaDiM/SPADE: float32 | float16 store.")] = None,
-    bank: Annotated[Optional[str], typer.Option(help="PatchCore bank: faiss | npz \\[default: the method's; faiss for PatchCore].")] = None,
+    bank: Annotated[Optional[str], typer.Option(help="PatchCore bank: faiss | npz [default: the method's; faiss for PatchCore].")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Keep data, model and bundle here (then run `adx bench OUT/bundle`).")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write every figure here.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Time fit and export phases on generated data: imports, backbone, features, coreset, calibration, export."""
+    require("bench-fit")
     t0 = time.perf_counter()
     import timm  # noqa: F401, PLC0415  (timed here so "imports" holds all of the training stack's)
 
@@ -628,6 +738,7 @@ def demo(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Run the whole job on the built-in demo dataset: generate, train, export, infer, evaluate."""
+    require("demo")
     from adexport.demo import format_demo, run_demo  # noqa: PLC0415
 
     cats = [c.strip() for c in categories.split(",")] if categories else None
@@ -643,6 +754,34 @@ def _demo_options(assignments: list[str], method: str) -> dict[str, Any] | None:
     from adexport.methods.options import parse_assignments  # noqa: PLC0415
 
     return parse_assignments(get_method(method).config_cls, assignments)
+
+
+class AdxCommand(TyperCommand):
+    """Every command's help: arguments upper case (``MODEL``, ``INPUTS...``) in the usage line and
+    the argument list, as click writes them, where typer writes ``{model}``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.short_help is None and self.help:
+            # `adx --help` lists each command by the docstring's first paragraph, in full and wrapped:
+            # click would otherwise cut it to the width left after the longest command name.
+            self.short_help = " ".join(self.help.split("\n\n")[0].split())
+        for param in self.params:
+            if isinstance(param, TyperArgument) and param.metavar is None and param.name:
+                param.metavar = param.name.upper() + ("..." if param.nargs != 1 else "")
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                name = param.metavar or (param.name or "").upper()
+                pieces.append(name if param.required else f"[{name}]")
+        return pieces
+
+
+for _info in app.registered_commands:  # typer fills in TyperCommand where a command names no class
+    if _info.cls in (None, TyperCommand):
+        _info.cls = AdxCommand
 
 
 def main() -> None:
