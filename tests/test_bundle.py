@@ -289,7 +289,7 @@ def test_overwrite_refuses_a_bundle_holding_other_files(bundle_copy: Path, model
 
 def test_overwrite_replaces_a_bundle_and_a_failed_swap_loses_nothing(bundle_copy: Path, model_dir: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    import adx_runtime.bundle as bundle_mod
+    import adx_runtime.bundle.atomic as bundle_mod
 
     before = (bundle_copy / "manifest.json").read_bytes()
     real_replace = os.replace
@@ -379,7 +379,7 @@ def test_two_calibrate_runs_at_once_both_land(bundle_copy: Path, dataset: Path) 
 
 def test_calibrate_waits_for_the_lock_then_fails_clearly(bundle_copy: Path, dataset: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    import adx_runtime.bundle as bundle_mod
+    import adx_runtime.bundle.locking as bundle_mod
     from adx_runtime.bundle import manifest_lock
     from adx_runtime.recalibrate import recalibrate
 
@@ -477,7 +477,7 @@ def test_every_bundle_file_is_verified_whatever_is_done_to_it(bundle: Path, npz_
 def test_tensorrt_engine_folder_holds_only_listed_verified_engines(bundle_copy: Path) -> None:
     """On a CPU box the TensorRT provider is missing, so the engine check is called directly."""
     from adx_runtime.bundle import file_entry
-    from adx_runtime.predictor import _tensorrt_options
+    from adx_runtime.runners import bundle_tensorrt_options as _tensorrt_options
 
     engines = bundle_copy / "engines"
     engines.mkdir()

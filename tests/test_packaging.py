@@ -65,6 +65,12 @@ def test_the_wheel_installs_only_adexport_adx_runtime_adx_synth_and_adx_cli(tmp_
         "adexport", "adx_runtime", "adx_synth", "adx_cli"}
     assert "adx_synth/digits.py" in names
     assert "adx_runtime/scorers/knn.py" in names and "adx_cli/app.py" in names
+    # Every package folder of the source tree is in the wheel: a sub-package missing from
+    # pyproject's list would install without its modules, and importing it would fail there only.
+    for source, package in (("adexport", "adexport"), ("deploy/adx_runtime", "adx_runtime"),
+                            ("deploy/adx_synth", "adx_synth"), ("cli/adx_cli", "adx_cli")):
+        for init in (ROOT / source).rglob("__init__.py"):
+            assert f"{package}/{init.relative_to(ROOT / source).as_posix()}" in names
 
 
 #: pip's words when the package index cannot be reached (no network, DNS, proxy refusal).
@@ -93,3 +99,57 @@ def test_gpu_extra_resolves_to_wheels_only() -> None:
     got = {i["metadata"]["name"].lower() for i in installs}
     assert {"onnxruntime-gpu", "faiss-gpu-cuvs", "nvidia-cudnn-cu13", "nvidia-cuda-runtime"} <= got
     assert not {n for n in got if n.endswith("-cu12")}  # one CUDA major: 13
+
+
+#: Import name -> source folder, for the import-graph test below.
+SOURCES = {"adexport": "adexport", "adx_runtime": "deploy/adx_runtime", "adx_synth": "deploy/adx_synth",
+           "adx_cli": "cli/adx_cli"}
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the project modules it imports anywhere in its body (function-level imports too:
+    deferring an import hides a cycle from Python, not from the design). ``if TYPE_CHECKING``
+    blocks are skipped: they never run."""
+    import ast
+
+    files = {}
+    for package, folder in SOURCES.items():
+        for path in (ROOT / folder).rglob("*.py"):
+            parts = [package, *path.relative_to(ROOT / folder).with_suffix("").parts]
+            files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {}
+    for module, path in files.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                   and ast.unparse(node.test).endswith("TYPE_CHECKING") for n in ast.walk(node)}
+        targets: set[str] = set()
+        for node in ast.walk(tree):
+            if id(node) in skipped:
+                continue
+            if isinstance(node, ast.ImportFrom) and node.module:
+                targets |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+            elif isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names}
+        graph[module] = {t for t in targets if t in files and t != module}
+    return graph
+
+
+def test_no_import_cycle_between_project_modules() -> None:
+    graph = _import_graph()
+    assert "adx_synth.digits" in graph and "adx_runtime.bundle.manifest" in graph  # the walk found the tree
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    cycles: list[list[str]] = []
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for target in sorted(graph[module]):
+            if state.get(target) == 1:
+                cycles.append(path[path.index(target):] + [module, target])
+            elif target not in state:
+                visit(target, path + [module])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [])
+    assert cycles == []

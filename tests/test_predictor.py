@@ -12,6 +12,7 @@ from conftest import list_test_images
 
 from adx_runtime.calibration import normalise
 from adx_runtime.errors import ConfigError, ImageDecodeError
+from adx_runtime.knn import FaissBank
 from adx_runtime.predictor import Predictor
 
 
@@ -107,8 +108,15 @@ def test_normalised_scores_follow_the_manifest_rule(predictor: Predictor) -> Non
 
 
 def test_npz_bank_scores_like_the_faiss_bank(bundle: Path, npz_bundle: Path, dataset: Path) -> None:
+    """The npz bank (numpy brute force) against FAISS's own search of the FAISS bank. On the CPU the
+    runtime searches a Flat FAISS bank with numpy as well, so the FAISS side is given FAISS's search
+    back; otherwise both sides would run the same numpy code and the test would prove nothing."""
     files = list_test_images(dataset)
-    a = Predictor.load(bundle).predict(files)
+    with_faiss = Predictor.load(bundle)
+    assert with_faiss.scorer.bank.backend.startswith("numpy")  # what the runtime picks on the CPU
+    with_faiss.scorer.bank = FaissBank.load(bundle / with_faiss.manifest["scoring"]["bank"]["file"])
+    assert with_faiss.scorer.bank.backend == "faiss-cpu"
+    a = with_faiss.predict(files)
     b = Predictor.load(npz_bundle).predict(files)
     assert Predictor.load(npz_bundle).scorer.backend == "numpy"
     np.testing.assert_allclose(a.image_scores, b.image_scores, rtol=1e-4)

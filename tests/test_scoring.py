@@ -35,15 +35,25 @@ def bank_data() -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("k", [1, 3])
 def test_numpy_and_faiss_search_equal_brute_force(bank_data, tmp_path: Path, k: int) -> None:
+    """FAISS's own search, the runtime's FAISS wrapper and its numpy search, each against brute
+    force. ``load_bank`` searches a Flat FAISS bank on the CPU with numpy, so FAISS itself is
+    called directly here: otherwise no FAISS search would be tested at all."""
     import faiss
 
     bank, q = bank_data
     d_ref, i_ref = brute_force(q, bank, k)
     index = faiss.IndexFlatL2(24)
     index.add(bank)
+    d2, i = index.search(q, k)  # FAISS returns squared L2 distances
+    np.testing.assert_array_equal(i, i_ref)
+    np.testing.assert_allclose(np.sqrt(np.maximum(d2, 0)), d_ref, rtol=1e-4, atol=1e-5)
     faiss.write_index(index, str(tmp_path / "b.faiss"))
     np.savez(tmp_path / "b.npz", memory_bank=bank)
-    for b in (load_bank(tmp_path / "b.faiss", "faiss"), load_bank(tmp_path / "b.npz", "npz")):
+    via_numpy = load_bank(tmp_path / "b.faiss", "faiss")
+    assert via_numpy.backend.startswith("numpy")  # what the runtime picks for a Flat bank on the CPU
+    via_faiss = FaissBank.load(tmp_path / "b.faiss")
+    assert via_faiss.backend == "faiss-cpu"
+    for b in (via_faiss, via_numpy, load_bank(tmp_path / "b.npz", "npz")):
         d, i = b.search(q, k)
         np.testing.assert_array_equal(i, i_ref)
         np.testing.assert_allclose(d, d_ref, rtol=1e-4, atol=1e-5)

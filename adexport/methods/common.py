@@ -13,13 +13,27 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from adx_runtime.postprocess import PostprocessSpec, gaussian_kernel, gaussian_radius
+from adx_runtime.postprocess import PostprocessSpec
 
 
-def _separable(m: torch.Tensor, kh: np.ndarray, kw: np.ndarray) -> torch.Tensor:
+def _gaussian_taps(sigma: float, size: int) -> torch.Tensor:
+    """The normalised 1-D Gaussian of the smoothing contract ``(2r + 1,)``, float64: truncated at
+    4 sigma as scipy does, the radius ``r`` at most ``size - 1`` so reflect padding fits the map.
+
+    Written here from that definition, not taken from ``adx_runtime.postprocess``: the parity
+    check holds the runtime's kernel against this one, and a shared kernel would compare it with
+    itself."""
+    radius = max(0, min(int(4.0 * sigma + 0.5), size - 1))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    taps = torch.exp(-0.5 * (x / sigma) ** 2)
+    return taps / taps.sum()
+
+
+def _separable(m: torch.Tensor, kh: torch.Tensor | np.ndarray, kw: torch.Tensor | np.ndarray) -> torch.Tensor:
+    kh, kw = torch.as_tensor(kh).float(), torch.as_tensor(kw).float()
     rh, rw = len(kh) // 2, len(kw) // 2
-    m = F.conv2d(F.pad(m, (0, 0, rh, rh), mode="reflect"), torch.from_numpy(kh).float().view(1, 1, -1, 1))
-    return F.conv2d(F.pad(m, (rw, rw, 0, 0), mode="reflect"), torch.from_numpy(kw).float().view(1, 1, 1, -1))
+    m = F.conv2d(F.pad(m, (0, 0, rh, rh), mode="reflect"), kh.view(1, 1, -1, 1))
+    return F.conv2d(F.pad(m, (rw, rw, 0, 0), mode="reflect"), kw.view(1, 1, 1, -1))
 
 
 def reference_postprocess(patch_maps: torch.Tensor, spec: PostprocessSpec, out_size: tuple[int, int]) -> torch.Tensor:
@@ -31,7 +45,7 @@ def reference_postprocess(patch_maps: torch.Tensor, spec: PostprocessSpec, out_s
     H, W = out_size
     if spec.smoothing == "gaussian":
         s = float(spec.sigma)  # type: ignore[arg-type]
-        m = _separable(m, gaussian_kernel(s, gaussian_radius(s, H)), gaussian_kernel(s, gaussian_radius(s, W)))
+        m = _separable(m, _gaussian_taps(s, H), _gaussian_taps(s, W))
     elif spec.smoothing == "mean":
         rh, rw = min(int(spec.size) // 2, H - 1), min(int(spec.size) // 2, W - 1)  # type: ignore[arg-type]
         m = _separable(m, np.full(2 * rh + 1, 1.0 / (2 * rh + 1)), np.full(2 * rw + 1, 1.0 / (2 * rw + 1)))

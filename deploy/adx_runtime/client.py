@@ -7,7 +7,6 @@ Needs only ``tritonclient`` (``pip install 'adexport[serve]'``, or ``pip install
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 from urllib.parse import urlparse
@@ -105,18 +104,3 @@ def _reason(exc: Exception) -> str:
     """The server's message without tritonclient's wrapping (``[StatusCode.INTERNAL] ...``)."""
     text = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
     return str(text).split("] ", 1)[-1].strip() if str(text).startswith("[") else str(text).strip()
-
-
-def wait_until_ready(url: str, names: list[str], timeout: float = 60.0) -> None:
-    """Poll until every ``NAME_image`` is ready (bounded by ``timeout`` seconds)."""
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            for n in names:
-                RemoteModel(url, n, timeout=5.0).close()
-            return
-        except AdxError as exc:
-            last = exc
-            time.sleep(0.5)
-    raise AdxError(f"models {', '.join(names)} at {url} were not ready within {timeout:g} s: {last}")

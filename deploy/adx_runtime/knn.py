@@ -6,10 +6,11 @@ several shard files searched as one ``IndexShards`` (ids run on from shard to sh
 are the unsharded ones); numpy from an ``.npz`` array and searches it exactly by brute force.
 
 On the CPU an exact FAISS bank (``Flat``, plain or sharded) is searched by numpy over its vectors
-(:class:`NumpyBank`): the same exact search, about 3.5x faster here, because numpy's BLAS has
-kernels for this CPU that the OpenBLAS inside the faiss-cpu wheel lacks. Measured on this 2-core
-CPU (PatchCore's bank, 4,915 vectors of 152 dimensions, 16,384 queries): FAISS 33-45 ms per image,
-numpy 12.5, the same neighbours. Approximate indices, and every index on a GPU, search with FAISS.
+(:class:`NumpyBank`): the same exact search, and faster wherever numpy's BLAS has kernels for the
+CPU that the OpenBLAS inside the faiss-cpu wheel lacks (about 3.5x in the measurement that chose
+this, PatchCore's bank of 4,915 vectors of 152 dimensions against 16,384 queries, with the same
+neighbours; ``benchmarks/edge_speed.py`` times it on a given machine). Approximate indices, and
+every index on a GPU, search with FAISS.
 
 Approximate indices take search parameters: ``nprobe`` (IVF: inverted lists visited per query) and
 ``efSearch`` (HNSW: candidate list size). The manifest records the export's values; the user may

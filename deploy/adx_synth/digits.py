@@ -30,9 +30,12 @@ import numpy as np
 from PIL import Image
 
 from adx_runtime.errors import ConfigError, DependencyError
-from adx_synth.writer import MIN_DIGITS_IMAGE_SIZE, check_int, file_stem, sample_rng, save_png
+from adx_synth.mvtec import check_int, file_stem, sample_rng, save_png
 
-__all__ = ["digit_folder", "generate_digits", "render_digit", "write_sklearn_digits"]
+__all__ = ["MIN_DIGITS_IMAGE_SIZE", "digit_folder", "generate_digits", "render_digit", "write_sklearn_digits"]
+
+#: The smallest image side the digit generator draws legibly.
+MIN_DIGITS_IMAGE_SIZE = 16
 
 Array = np.ndarray
 Stroke = Array  # (K, 2) points (x, y) in glyph units: x right, y down, the digit in about [-0.5, 0.5]

@@ -14,7 +14,6 @@ categories were generated with it.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -23,6 +22,8 @@ from PIL import Image, ImageFilter
 
 from adx_runtime.errors import ConfigError
 from adx_synth.defects import CATEGORY_DEFECTS
+from adx_synth.digits import MIN_DIGITS_IMAGE_SIZE, generate_digits
+from adx_synth.mvtec import check_int, file_stem, sample_rng, save_png
 from adx_synth.textures import RENDERERS
 
 __all__ = [
@@ -47,7 +48,6 @@ _DIGITS_NORMAL = 1  # RIAD's one-class MNIST experiment: normal = the digit 1
 _DIGITS_OTHERS = 9
 
 _MIN_IMAGE_SIZE = 32
-MIN_DIGITS_IMAGE_SIZE = 16
 # A pixel belongs to the mask when some channel changed by more than this (in 0..1 units, about
 # 6 grey levels): soft-edged stains fade out, and below this the change is not visible under the
 # sensor noise. Smaller changes are undone so the mask is exactly the set of changed pixels.
@@ -56,8 +56,6 @@ _MASK_THRESHOLD = 0.025
 _MIN_MASK_PIXELS = 8
 _MAX_DEFECT_TRIES = 20
 _SENSOR_NOISE = 0.010
-# Fast PNG: level 1 is several times quicker than the default and still deterministic.
-_PNG_COMPRESS_LEVEL = 1
 
 # Defects whose changed pixels are scattered over their region; their masks get closed (see below).
 _CLOSE_MASK = frozenset({("grid", "bent")})
@@ -109,9 +107,6 @@ def generate_demo_dataset(
     summary: dict[str, dict[str, int]] = {}
     for category in cats:
         if category == _DIGITS:
-            # Imported here: the digits module uses this module's helpers.
-            from adx_synth.digits import generate_digits  # noqa: PLC0415
-
             summary[category] = generate_digits(
                 root, normal_digit=_DIGITS_NORMAL, n_train=n_train, n_test_good=n_test_good,
                 n_test_per_digit=n_test_per_defect, image_size=image_size, seed=seed,
@@ -160,37 +155,6 @@ def count_demo_images(
     _check_counts(n_train=n_train, n_test_good=n_test_good, n_test_per_defect=n_test_per_defect)
     n_kinds = {c: _DIGITS_OTHERS if c == _DIGITS else len(DEFECT_TYPES[c]) for c in cats}
     return sum(n_train + n_test_good + n_test_per_defect * n_kinds[c] for c in cats)
-
-
-# --------------------------------------------------------------------------------------------
-# Helpers shared with the digits writer
-# --------------------------------------------------------------------------------------------
-
-
-def check_int(name: str, value: object, *, minimum: int, maximum: int | None = None) -> None:
-    """Raise :class:`ConfigError` unless ``value`` is an integer in ``[minimum, maximum]``."""
-    # bool is an int subclass, but True as a count is surely a mistake.
-    ok = not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= minimum
-    if ok and maximum is not None:
-        ok = value <= maximum
-    if not ok:
-        valid = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
-        raise ConfigError(f"{name} must be an integer {valid}, got {value!r}.")
-
-
-def sample_rng(seed: int, category: str, split_id: int, index: int) -> np.random.Generator:
-    """The random generator of one file: seeded with (seed, category, split, index)."""
-    # crc32 rather than hash(): str hashes are salted per process and would break determinism.
-    return np.random.default_rng([seed, zlib.crc32(category.encode("utf-8")), split_id, index])
-
-
-def file_stem(index: int, count: int) -> str:
-    """``000``, ``001``, ... as MVTec names files; wider only when ``count`` needs it."""
-    return f"{index:0{max(3, len(str(count - 1)))}d}"
-
-
-def save_png(image: Image.Image, path: Path) -> None:
-    image.save(path, format="PNG", compress_level=_PNG_COMPRESS_LEVEL)
 
 
 # --------------------------------------------------------------------------------------------
