@@ -15,6 +15,10 @@ What every trained method shares:
   and time left, the mean loss per epoch (the fit report's loss history, drawn as
   ``loss_curve.png`` in the model folder), atomic checkpoints every N epochs, ``--resume``, a
   checkpoint on Ctrl-C, and any torch device.
+- :func:`fit_network`: what a trained method's ``fit`` does around that loop, written once: the
+  run's identity for checkpoints, the ``training`` phase of the fit clock, and (through
+  :meth:`NetworkFit.record`) the fit report's shared lines (images, skipped files, epochs, trained
+  parameters, loss history).
 
 Determinism: every random draw of epoch ``e`` comes from generators seeded with ``(seed, e)``
 (numpy for the shuffle and augmentation, torch for what the loss draws, e.g. RIAD's masks), so a
@@ -30,7 +34,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -42,6 +46,10 @@ from adx_runtime.images import decode_image
 from adx_runtime.preprocess import PreprocessConfig, geometric_array, normalise
 from adx_runtime.progress import SILENT, Progress
 
+if TYPE_CHECKING:  # adexport.methods imports this module: its trained configs inherit TrainingOptions
+    from adexport.methods.base import FittedMethod
+    from adexport.methods.fit_report import PhaseClock
+
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "cosine")
 CHECKPOINT_FORMAT = "adexport-training-checkpoint"
@@ -51,6 +59,8 @@ CHECKPOINT_FORMAT = "adexport-training-checkpoint"
 Augment = Callable[[np.ndarray, np.random.Generator], dict[str, np.ndarray]]
 #: ``loss_fn(model, batch, generator) -> scalar loss``; ``batch["image"]`` is ``(B, C, H, W)``.
 LossFn = Callable[[nn.Module, dict[str, torch.Tensor], torch.Generator], torch.Tensor]
+#: The method's fitted class, handed back by :meth:`NetworkFit.record` with its report filled in.
+Fitted = TypeVar("Fitted", bound="FittedMethod")
 
 
 @dataclass
@@ -398,6 +408,43 @@ def train_network(
     model.eval()
     model.cpu()
     return history
+
+
+@dataclass
+class NetworkFit:
+    """What :func:`fit_network` trained: the loss per epoch, the training images, the sizes."""
+
+    history: list[float]  # mean training loss per epoch
+    data: EpochDataset  # the training images the loop served (and those it skipped)
+    parameters: int  # trained parameters (those that require gradients)
+    epochs: int
+
+    def record(self, fitted: Fitted, clock: "PhaseClock", *, sizes: Mapping[str, int] | None = None,
+               notes: Sequence[str] = ()) -> Fitted:
+        """Fill ``fitted.report`` with the clock's phases and the lines every trained method shares,
+        then the method's own ``sizes`` and ``notes``."""
+        from adexport.methods.fit_report import record_fit  # noqa: PLC0415  (see TYPE_CHECKING above)
+
+        return record_fit(fitted, clock, fit_images=len(self.data), skipped=self.data.skipped,
+                          sizes={"epochs": self.epochs, "parameters": self.parameters, **(sizes or {})},
+                          loss_history=self.history, notes=notes)
+
+
+def fit_network(method: str, model: nn.Module, loss_fn: LossFn, data: EpochDataset, config: TrainingOptions,
+                samples: Sequence[Sample], *, clock: "PhaseClock", device: str = "cpu", run: TrainingRun | None = None,
+                progress: Progress = SILENT, description: str = "Training") -> NetworkFit:
+    """Train ``model`` by :func:`train_network` as one run of ``method`` and close the clock's
+    ``training`` phase.
+
+    The run's identity (what a ``--resume`` checkpoint must match) is ``method``, ``config`` and
+    ``samples``, the images ``data`` was read from. ``model`` is counted after training: its
+    parameters that require gradients are the fit report's ``parameters``.
+    """
+    history = train_network(model, loss_fn, data, config, identity=run_identity(method, config, samples),
+                            device=device, run=run, progress=progress, description=description)
+    clock.lap("training")
+    parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return NetworkFit(history, data, parameters, config.epochs)
 
 
 def save_loss_curve(history: Sequence[float], path: str | Path, title: str = "training loss") -> Path | None:

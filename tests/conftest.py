@@ -32,18 +32,23 @@ def onnx_bytes(graph, example, output_names: list[str] | None = None) -> bytes:
 
 
 CATEGORY = "weave"
+#: The tiny backbone setting of the bank methods (PatchCore's test options); tests that need one
+#: bank fit use it directly.
 TINY = {"backbone": "test_efficientnet", "weights": "random", "image_size": 64}
 
-#: Tiny options of every trained method (tests/test_training.py loops over them): a few seconds each.
-TINY_TRAINED: dict[str, dict] = {
-    "rd4ad": {"backbone": "test_efficientnet", "weights": "random", "image_size": 32, "epochs": 2, "batch_size": 4,
-              "width": 0.5, "oce_blocks": 1, "decoder_blocks": 1},
-    "riad": {"image_size": 32, "epochs": 2, "batch_size": 4, "base_width": 4},
-    "prnet": {"backbone": "test_efficientnet", "weights": "random", "image_size": 32, "epochs": 2, "batch_size": 4,
-              "width": 8, "prototype_ratio": 0.25},
-    "cutpaste": {"backbone": "test_efficientnet", "weights": "random", "image_size": 32, "epochs": 2, "batch_size": 4,
-                 "head_layers": 0},
-}
+
+def __getattr__(name: str) -> dict:
+    """``TEST_OPTIONS`` (every registered method's tiny settings, from its registry entry) and
+    ``TINY_TRAINED`` (those of the trained methods), computed on first use: importing the registry
+    loads torch and timm, which the torch-free tests in this suite do not need."""
+    if name in ("TEST_OPTIONS", "TINY_TRAINED"):
+        from adexport.methods import METHODS
+
+        options = {m: dict(e.test_options) for m, e in METHODS.items()}
+        if name == "TINY_TRAINED":
+            return {m: o for m, o in options.items() if METHODS[m].trained}
+        return options
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CATEGORY, TINY, TINY_TRAINED, list_test_images
+from conftest import CATEGORY, TINY, list_test_images
 from torchfree import edge_env, make_torch_free_venv
 
 from adexport.export import export_bundle
@@ -21,9 +21,8 @@ from adexport.train import train
 from adx_runtime.predictor import Predictor
 from adx_runtime.preprocess import load_image, stack
 
-# Per-method options on top of the tiny backbone (test_efficientnet: 16, 24, 32, 48, 64 channels);
-# trained methods bring their own tiny settings (conftest.TINY_TRAINED).
-OPTIONS = {"patchcore": {**TINY}, "padim": {**TINY, "n_features": 40}, "spade": {**TINY, "k": 5}, **TINY_TRAINED}
+# Every method's tiny settings come from its registry entry (MethodEntry.test_options).
+OPTIONS = {name: dict(entry.test_options) for name, entry in METHODS.items()}
 
 
 @pytest.fixture(scope="module", params=sorted(METHODS))
@@ -36,8 +35,8 @@ def exported(request, dataset: Path, tmp_path_factory: pytest.TempPathFactory):
     return method, fitted, root, manifest
 
 
-def test_every_method_has_options_here() -> None:
-    assert set(OPTIONS) == set(METHODS)
+def test_every_method_has_tiny_test_options() -> None:
+    assert set(OPTIONS) == set(METHODS) and all(OPTIONS.values())
 
 
 def test_export_passes_parity_and_records_the_method(exported) -> None:
@@ -45,6 +44,21 @@ def test_export_passes_parity_and_records_the_method(exported) -> None:
     assert manifest["method"] == method and manifest["parity"]["passed"]
     assert all(e["max_rel"] < 1e-4 for e in manifest["parity"]["errors"].values())
     assert manifest["calibration"]["image"]["threshold"] > 0
+
+
+def test_fit_report_has_the_shared_lines(exported) -> None:
+    """Written once (adexport.methods.fit_report, and training.fit_network for trained networks)."""
+    method, fitted, _, _ = exported
+    report, trained = fitted.report, METHODS[method].trained
+    shared = ["fit_images", "skipped_images"] + (["epochs", "parameters"] if trained else [])
+    assert list(report.sizes)[:len(shared)] == shared and report.sizes["fit_images"] == fitted.dataset["fit_images"]
+    assert report.sizes["skipped_images"] == 0 and report.skipped == []
+    assert list(report.phases)[-1] == "calibration" and all(v >= 0 for v in report.phases.values())
+    if trained:
+        assert len(report.loss_history) == report.sizes["epochs"] == fitted.config.epochs
+        assert report.sizes["parameters"] > 0 and "training" in report.phases
+    else:
+        assert report.loss_history == [] and len(report.phases) > 1
 
 
 def test_saved_model_reloads_to_the_same_scores(exported, dataset: Path) -> None:
@@ -220,7 +234,8 @@ def test_cli_train_each_method(dataset: Path, tmp_path: Path) -> None:
 
     from adx_cli.app import app
 
-    for method, extra in (("padim", ["--n-features", "30", "--store-dtype", "float16"]), ("spade", ["--k", "3"])):
+    for method, extra in (("padim", ["--set", "n_features=30", "--set", "store_dtype=float16"]),
+                          ("spade", ["--set", "k=3"])):
         r = CliRunner().invoke(app, ["train", str(dataset), "-c", CATEGORY, "--out", str(tmp_path / method), "-m", method,
                                      "--backbone", "test_efficientnet", "--weights", "random", "--image-size", "64",
                                      "-q", *extra])

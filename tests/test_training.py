@@ -11,11 +11,13 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import CATEGORY, TINY_TRAINED
+from conftest import CATEGORY
 
 from adexport.methods import METHODS
+from adexport.methods.common import FitReport
+from adexport.methods.fit_report import PhaseClock
 from adexport.training import (EpochDataset, TrainingInterrupted, TrainingOptions, TrainingRun, checkpoint_path,
-                               learning_rate, run_identity, save_loss_curve, train_network)
+                               fit_network, learning_rate, run_identity, save_loss_curve, train_network)
 from adx_runtime.datasets import load_split
 from adx_runtime.errors import ConfigError
 from adx_runtime.preprocess import PreprocessConfig, load_image
@@ -131,6 +133,70 @@ def test_ctrl_c_leaves_a_resumable_checkpoint_of_the_last_finished_epoch(samples
     assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), resumed.state_dict().values()))
 
 
+class _Fitted:
+    """Stands in for a fitted method: the report helpers touch only ``report``."""
+
+    def __init__(self) -> None:
+        self.report = FitReport()
+
+
+def test_fit_network_is_the_shared_loop_plus_the_shared_report_lines(samples, dataset: Path, tmp_path: Path) -> None:
+    from adexport.methods.riad import RIADConfig
+
+    config = RIADConfig(epochs=2, batch_size=4, lr=0.01, checkpoint_every=1)
+    data = EpochDataset(samples, PRE)
+    reference = train_network(toy(), toy_loss, data, config, identity=run_identity("toy", config, samples))
+    clock = PhaseClock()
+    clock.lap("setup")
+    model, ckpt = toy(), tmp_path / "toy.checkpoint.pt"
+    trained = fit_network("toy", model, toy_loss, data, config, samples, clock=clock, run=TrainingRun(ckpt))
+    assert trained.history == reference  # the same loop, the same seeded draws
+    assert list(clock.phases) == ["setup", "training"] and clock.phases["training"] > 0
+    # the checkpoint carries the run's identity (method, options, data), so --resume checks it
+    assert torch.load(ckpt, weights_only=True)["identity"] == run_identity("toy", config, samples)
+
+    model.net[0].weight.requires_grad_(False)  # counted after training: frozen parameters are not "parameters"
+    frozen = fit_network("toy", model, toy_loss, data, config, samples, clock=PhaseClock())
+    assert frozen.parameters == sum(p.numel() for p in model.parameters()) - model.net[0].weight.numel()
+
+    fitted = trained.record(_Fitted(), clock, sizes={"bank": 7}, notes=["a note"])
+    report = fitted.report
+    assert list(report.sizes.items()) == [("fit_images", 8), ("skipped_images", 0), ("epochs", 2),
+                                          ("parameters", sum(p.numel() for p in toy().parameters())), ("bank", 7)]
+    assert report.loss_history == reference and report.notes == ["a note"] and report.skipped == []
+    assert report.phases == clock.phases
+
+
+def test_record_fit_of_a_one_pass_fit_lists_skipped_files_and_no_loss() -> None:
+    from adexport.methods.fit_report import record_fit
+
+    clock = PhaseClock()
+    for phase in ("backbone_setup", "feature_extraction"):
+        clock.lap(phase)
+    skipped = [("a.png", "file is empty (0 bytes)")]
+    report = record_fit(_Fitted(), clock, fit_images=5, skipped=skipped, sizes={"memory_bank": 3}).report
+    assert list(report.sizes.items()) == [("fit_images", 5), ("skipped_images", 1), ("memory_bank", 3)]
+    assert report.skipped == skipped and report.loss_history == []
+    assert list(report.phases) == ["backbone_setup", "feature_extraction"] and all(v >= 0 for v in report.phases.values())
+
+
+def test_prnet_real_anomalies_follow_the_datasets_mask_naming_rule(dataset: Path, tmp_path: Path) -> None:
+    """Masks named like their image (not <name>_mask.png): both the evaluation split and PRNet's
+    real anomalies find them, by the one rule in adx_runtime.datasets."""
+    from adexport.methods import prnet
+
+    root = tmp_path / "data"
+    shutil.copytree(dataset / CATEGORY, root / CATEGORY)
+    for mask in (root / CATEGORY / "ground_truth").glob("*/*_mask.png"):
+        mask.rename(mask.with_name(mask.name.replace("_mask", "")))
+    split = load_split(root, CATEGORY)
+    assert split.has_masks
+    real = prnet.load_real_anomalies(root, CATEGORY, PRE, n_per_defect=1)
+    defects = {s.defect for s in split.test if s.label == 1}
+    assert set(real.per_defect) == defects and real.masks.shape == (len(defects), 1, 32, 32)
+    assert all(m.max() == 1.0 for m in real.masks)  # the masks were read, not left blank
+
+
 def test_loss_curve_png(tmp_path: Path) -> None:
     from PIL import Image
 
@@ -149,7 +215,7 @@ def test_trained_method_resumes_exactly(method: str, dataset: Path, tmp_path: Pa
 
     entry = METHODS[method]
     samples = load_split(dataset, CATEGORY, need_test=False).train[:8]
-    options = {**TINY_TRAINED[method], "epochs": 2, "checkpoint_every": 1}
+    options = {**entry.test_options, "epochs": 2, "checkpoint_every": 1}
     config = make_config(entry.config_cls, options)
     ckpt = tmp_path / "ckpt.pt"
     full = entry.fit(config, samples, run=TrainingRun(ckpt))
@@ -169,7 +235,7 @@ def test_trained_method_keeps_its_loss_curve(method: str, dataset: Path, tmp_pat
     from adexport.fitted import LOSS_CURVE, load_fitted, save_fitted
     from adexport.train import train
 
-    fitted = train(dataset, CATEGORY, method, options=TINY_TRAINED[method], holdout=0.25)
+    fitted = train(dataset, CATEGORY, method, options=dict(METHODS[method].test_options), holdout=0.25)
     assert len(fitted.report.loss_history) == fitted.config.epochs
     folder = save_fitted(fitted, tmp_path / "model")
     assert (folder / LOSS_CURVE).is_file()

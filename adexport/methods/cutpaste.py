@@ -26,7 +26,6 @@ stride).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
@@ -40,7 +39,8 @@ from adexport.backbones import DEFAULT_BACKBONE, BackboneInfo, FeatureExtractor,
 from adexport.methods.base import (TOLERANCE_EXACT, ExportProperties, FittedMethod, Reference, backbone_and_preprocess, config_from_dict, graph_tensors,
                                    load_graph_tensors, run_graph)
 from adexport.methods.density import ledoit_wolf_gaussian, mahalanobis, write_gaussian
-from adexport.training import Augment, EpochDataset, TrainingOptions, TrainingRun, run_identity, train_network
+from adexport.methods.fit_report import PhaseClock
+from adexport.training import Augment, EpochDataset, TrainingOptions, TrainingRun, fit_network
 from adx_runtime.datasets import Sample
 from adx_runtime.errors import ConfigError
 from adx_runtime.postprocess import PostprocessSpec
@@ -302,33 +302,25 @@ def fit(config: CutPasteConfig, samples: Sequence[Sample], *, device: str = "cpu
     ``batch_size`` is the caller's inference batch (embedding extraction); the optimiser's batch is
     ``config.batch_size``.
     """
-    t0 = time.perf_counter()
+    clock = PhaseClock()
     extractor, preprocess = backbone_and_preprocess(config)
     net = build_network(config, extractor)
     data = EpochDataset(samples, preprocess, augment=make_augment(config), progress=progress)
-    t1 = time.perf_counter()
+    clock.lap("setup")
 
     def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
         return F.cross_entropy(model(batch["image"]), batch["label"].long())
 
-    history = train_network(net, loss_fn, data, config, identity=run_identity("cutpaste", config, samples),
-                            device=device, run=run, progress=progress,
-                            description=f"Training CutPaste ({config.variant}, {config.level} level)")
-    t2 = time.perf_counter()
+    trained = fit_network("cutpaste", net, loss_fn, data, config, samples, clock=clock, device=device, run=run,
+                          progress=progress, description=f"Training CutPaste ({config.variant}, {config.level} level)")
     encoder = net.encoder.eval()
     graph = embedding_graph(config, encoder).eval()
-    outputs, skipped = run_graph(graph, samples, preprocess, batch_size=batch_size, device=device, progress=progress)
+    outputs, _ = run_graph(graph, samples, preprocess, batch_size=batch_size, device=device, progress=progress)
     emb = torch.cat(outputs)
     emb = emb.reshape(-1, emb.shape[-1])  # every image (or every patch of every image) is one sample
-    t3 = time.perf_counter()
+    clock.lap("embedding")
     with progress.task("Fitting the Gaussian (Ledoit-Wolf)", None):
         mean, chol, shrinkage = ledoit_wolf_gaussian(emb)
-    t4 = time.perf_counter()
+    clock.lap("gaussian_fit")
     fitted = FittedCutPaste(config, preprocess, encoder, mean, chol, shrinkage)
-    fitted.report.loss_history = history
-    fitted.report.phases.update({"setup": t1 - t0, "training": t2 - t1, "embedding": t3 - t2, "gaussian_fit": t4 - t3})
-    fitted.report.sizes.update({"fit_images": len(data), "skipped_images": len(data.skipped), "epochs": config.epochs,
-                                "parameters": sum(p.numel() for p in net.parameters()),
-                                "embedding_dim": int(emb.shape[1]), "gaussian_samples": int(emb.shape[0])})
-    fitted.report.skipped = list(data.skipped)
-    return fitted
+    return trained.record(fitted, clock, sizes={"embedding_dim": int(emb.shape[1]), "gaussian_samples": int(emb.shape[0])})

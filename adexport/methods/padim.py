@@ -19,7 +19,6 @@ negative.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
@@ -34,6 +33,7 @@ from adexport.methods.base import (TOLERANCE_APPROXIMATE, TOLERANCE_EXACT, Expor
                                    backbone_and_preprocess, config_from_dict, graph_tensors, load_graph_tensors,
                                    run_graph)
 from adexport.methods.density import mahalanobis, regularised_gaussians, write_gaussian
+from adexport.methods.fit_report import PhaseClock, record_fit
 from adx_runtime.datasets import Sample
 from adexport.methods.options import check_options
 from adx_runtime.errors import ConfigError
@@ -162,22 +162,19 @@ class FittedPadim(FittedMethod):
 def fit(config: PadimConfig, samples: Sequence[Sample], *, device: str = "cpu", batch_size: int = 8,
         progress: Progress = SILENT) -> FittedPadim:
     """Fit per-position Gaussians on normal images."""
-    t0 = time.perf_counter()
+    clock = PhaseClock()
     extractor, preprocess = backbone_and_preprocess(config)
     channels = channel_subset(sum(extractor.info.channels), config.n_features, config.seed)
     graph = PadimGraph(extractor, preprocess.input_size, channels).eval()
-    t1 = time.perf_counter()
+    clock.lap("backbone_setup")
     outputs, skipped = run_graph(graph, samples, preprocess, batch_size=batch_size, device=device, progress=progress)
     embeddings = torch.cat(outputs)
-    t2 = time.perf_counter()
+    clock.lap("feature_extraction")
     with progress.task("Fitting per-position Gaussians", None):
         mean, chol = gaussian_fit(embeddings, config.epsilon)
-    t3 = time.perf_counter()
-    fitted = FittedPadim(config, preprocess, graph, mean, chol)
-    fitted.report.phases.update({"backbone_setup": t1 - t0, "feature_extraction": t2 - t1, "gaussian_fit": t3 - t2})
+    clock.lap("gaussian_fit")
     P, d = mean.shape
-    fitted.report.sizes.update({"fit_images": len(embeddings), "skipped_images": len(skipped.files),
-                                "positions": P, "feature_dim": d,
-                                "store_bytes": P * d * 4 + P * d * (d + 1) // 2 * np.dtype(config.store_dtype).itemsize})
-    fitted.report.skipped = list(skipped.files)
-    return fitted
+    return record_fit(FittedPadim(config, preprocess, graph, mean, chol), clock, fit_images=len(embeddings),
+                      skipped=skipped.files, sizes={
+                          "positions": P, "feature_dim": d,
+                          "store_bytes": P * d * 4 + P * d * (d + 1) // 2 * np.dtype(config.store_dtype).itemsize})

@@ -13,7 +13,6 @@ patch, the image score reweighted with eq. 7, the patch map upsampled and smooth
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
@@ -30,6 +29,7 @@ from adexport.methods.base import (TOLERANCE_APPROXIMATE_INDEX, TOLERANCE_EXACT,
                                    backbone_and_preprocess, config_from_dict, graph_tensors, load_graph_tensors,
                                    run_graph)
 from adexport.methods.common import channel_pool_matrix, nearest
+from adexport.methods.fit_report import PhaseClock, record_fit
 from adx_runtime.bundle import file_entry
 from adx_runtime.datasets import Sample
 from adexport.methods.options import check_options
@@ -198,14 +198,14 @@ class FittedPatchCore(FittedMethod):
 def fit(config: PatchCoreConfig, samples: Sequence[Sample], *, device: str = "cpu", batch_size: int = 8,
         progress: Progress = SILENT) -> FittedPatchCore:
     """Fit PatchCore on normal images: features -> coreset -> memory bank."""
-    t0 = time.perf_counter()
+    clock = PhaseClock()
     extractor, preprocess = backbone_and_preprocess(config)
     projection = projection_matrix(list(extractor.info.channels), config.target_dim)
     graph = PatchCoreGraph(extractor, preprocess.input_size, projection).eval()
-    t1 = time.perf_counter()
+    clock.lap("backbone_setup")
     outputs, skipped = run_graph(graph, samples, preprocess, batch_size=batch_size, device=device, progress=progress)
     features = np.concatenate([o.reshape(-1, graph.feature_dim).numpy() for o in outputs])
-    t2 = time.perf_counter()
+    clock.lap("feature_extraction")
 
     n_select = max(1, int(round(config.coreset_ratio * len(features))))
     if n_select < len(features):
@@ -214,11 +214,8 @@ def fit(config: PatchCoreConfig, samples: Sequence[Sample], *, device: str = "cp
         bank = features[idx]
     else:
         bank = features
-    t3 = time.perf_counter()
+    clock.lap("coreset_selection")
 
     fitted = FittedPatchCore(config, preprocess, graph, torch.from_numpy(np.ascontiguousarray(bank)))
-    fitted.report.phases.update({"backbone_setup": t1 - t0, "feature_extraction": t2 - t1, "coreset_selection": t3 - t2})
-    fitted.report.sizes.update({"fit_images": len(samples) - len(skipped.files), "skipped_images": len(skipped.files),
-                                "patches": len(features), "memory_bank": len(bank), "feature_dim": int(bank.shape[1])})
-    fitted.report.skipped = list(skipped.files)
-    return fitted
+    return record_fit(fitted, clock, fit_images=len(samples) - len(skipped.files), skipped=skipped.files,
+                      sizes={"patches": len(features), "memory_bank": len(bank), "feature_dim": int(bank.shape[1])})

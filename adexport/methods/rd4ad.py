@@ -34,7 +34,6 @@ flattens. The README has the four categories with both losses.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
@@ -46,7 +45,8 @@ from torch import nn
 from adexport.backbones import DEFAULT_BACKBONE, BackboneInfo, FeatureExtractor, build_architecture
 from adexport.methods.base import (TOLERANCE_EXACT, ExportProperties, MapMethod,
                                    backbone_and_preprocess, config_from_dict, graph_tensors, load_graph_tensors)
-from adexport.training import EpochDataset, TrainingOptions, TrainingRun, run_identity, train_network
+from adexport.methods.fit_report import PhaseClock
+from adexport.training import EpochDataset, TrainingOptions, TrainingRun, fit_network
 from adx_runtime.datasets import Sample
 from adx_runtime.errors import ConfigError
 from adx_runtime.postprocess import PostprocessSpec
@@ -342,21 +342,15 @@ def fit(config: RD4ADConfig, samples: Sequence[Sample], *, device: str = "cpu", 
 
     ``batch_size`` is the caller's inference batch; the optimiser's batch is ``config.batch_size``.
     """
-    t0 = time.perf_counter()
+    clock = PhaseClock()
     teacher, preprocess = backbone_and_preprocess(config)
     graph = build_graph(config, teacher)
     data = EpochDataset(samples, preprocess, progress=progress)
-    t1 = time.perf_counter()
+    clock.lap("setup")
 
     def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
         return rd4ad_loss(*model.features(batch["image"]), mode=config.loss_mode)
 
-    history = train_network(graph, loss_fn, data, config, identity=run_identity("rd4ad", config, samples),
-                            device=device, run=run, progress=progress, description="Training RD4AD")
-    fitted = FittedRD4AD(config, preprocess, graph)
-    fitted.report.loss_history = history
-    fitted.report.phases.update({"setup": t1 - t0, "training": time.perf_counter() - t1})
-    fitted.report.sizes.update({"fit_images": len(data), "skipped_images": len(data.skipped), "epochs": config.epochs,
-                                "parameters": sum(p.numel() for p in graph.parameters() if p.requires_grad)})
-    fitted.report.skipped = list(data.skipped)
-    return fitted
+    trained = fit_network("rd4ad", graph, loss_fn, data, config, samples, clock=clock, device=device, run=run,
+                          progress=progress, description="Training RD4AD")
+    return trained.record(FittedRD4AD(config, preprocess, graph), clock)

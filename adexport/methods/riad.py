@@ -38,7 +38,6 @@ the GMS constant ``c`` and the SSIM constants are defined for a unit dynamic ran
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
@@ -49,7 +48,8 @@ from torch import nn
 
 from adexport.methods.base import (TOLERANCE_EXACT, ExportProperties, MapMethod, config_from_dict,
                                    graph_tensors, load_graph_tensors)
-from adexport.training import EpochDataset, TrainingOptions, TrainingRun, run_identity, train_network
+from adexport.methods.fit_report import PhaseClock
+from adexport.training import EpochDataset, TrainingOptions, TrainingRun, fit_network
 from adx_runtime.datasets import Sample
 from adx_runtime.errors import ConfigError
 from adx_runtime.postprocess import PostprocessSpec
@@ -440,22 +440,16 @@ def fit(config: RIADConfig, samples: Sequence[Sample], *, device: str = "cpu", b
 
     ``batch_size`` is the caller's inference batch; the optimiser's batch is ``config.batch_size``.
     """
-    t0 = time.perf_counter()
+    clock = PhaseClock()
     preprocess = riad_preprocess(config)
     graph = build_graph(config, preprocess.channels)
     data = EpochDataset(samples, preprocess, progress=progress)
-    t1 = time.perf_counter()
+    clock.lap("setup")
 
     def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
         return training_loss(model, batch["image"], generator, config.cell_sizes, config.num_masks,
                              config.lambda_gms, config.lambda_ssim)["loss"]
 
-    history = train_network(graph.net, loss_fn, data, config, identity=run_identity("riad", config, samples),
-                            device=device, run=run, progress=progress, description="Training RIAD")
-    fitted = FittedRIAD(config, preprocess, graph)
-    fitted.report.loss_history = history
-    fitted.report.phases.update({"setup": t1 - t0, "training": time.perf_counter() - t1})
-    fitted.report.sizes.update({"fit_images": len(data), "skipped_images": len(data.skipped), "epochs": config.epochs,
-                                "parameters": sum(p.numel() for p in graph.net.parameters())})
-    fitted.report.skipped = list(data.skipped)
-    return fitted
+    trained = fit_network("riad", graph.net, loss_fn, data, config, samples, clock=clock, device=device, run=run,
+                          progress=progress, description="Training RIAD")
+    return trained.record(FittedRIAD(config, preprocess, graph), clock)

@@ -23,7 +23,6 @@ AUROC is measured in ``benchmarks/edge_speed.py``.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
@@ -39,6 +38,7 @@ from adexport.coreset import greedy_coreset
 from adexport.methods.base import (TOLERANCE_APPROXIMATE, TOLERANCE_APPROXIMATE_INDEX, TOLERANCE_EXACT, ExportProperties, FittedMethod, Reference,
                                    backbone_and_preprocess, config_from_dict, graph_tensors, load_graph_tensors,
                                    run_graph)
+from adexport.methods.fit_report import PhaseClock, record_fit
 from adx_runtime.bundle import file_entry
 from adx_runtime.datasets import Sample
 from adexport.methods.options import check_options
@@ -224,26 +224,24 @@ class FittedSpade(FittedMethod):
 def fit(config: SpadeConfig, samples: Sequence[Sample], *, device: str = "cpu", batch_size: int = 8,
         progress: Progress = SILENT) -> FittedSpade:
     """Collect the gallery: image features and feature maps of the normal images."""
-    t0 = time.perf_counter()
+    clock = PhaseClock()
     extractor, preprocess = backbone_and_preprocess(config)
     graph = SpadeGraph(extractor, preprocess.input_size, config.map_stride).eval()
-    t1 = time.perf_counter()
+    clock.lap("backbone_setup")
     outputs, skipped = run_graph(graph, samples, preprocess, batch_size=batch_size, device=device, progress=progress)
     fitted = FittedSpade(config, preprocess, graph, torch.cat([f for f, _ in outputs]),
                          torch.cat([m for _, m in outputs]))
-    t2 = time.perf_counter()
+    clock.lap("feature_extraction")
     N, HW, D = fitted.feature_maps.shape
-    fitted.report.phases.update({"backbone_setup": t1 - t0, "feature_extraction": t2 - t1})
+    sizes: dict[str, int] = {}
     if config.pixel_coreset is not None:
         vectors = fitted.feature_maps.reshape(N * HW, D).numpy()
         n_select = max(1, int(round(config.pixel_coreset * len(vectors))))
         keep = greedy_coreset(vectors, n_select, seed=config.seed, progress=progress)
         fitted.pixel_bank = torch.from_numpy(np.ascontiguousarray(vectors[keep]))
-        fitted.report.phases["pixel_coreset_selection"] = time.perf_counter() - t2
-        fitted.report.sizes["pixel_bank"] = n_select
-    fitted.report.sizes.update({"fit_images": N, "skipped_images": len(skipped.files), "k": fitted.k,
-                                "map_positions": HW, "map_dim": D, "image_dim": fitted.image_features.shape[1],
-                                "gallery_bytes": N * (HW * D * np.dtype(config.store_dtype).itemsize
-                                                      + fitted.image_features.shape[1] * 4)})
-    fitted.report.skipped = list(skipped.files)
-    return fitted
+        clock.lap("pixel_coreset_selection")
+        sizes["pixel_bank"] = n_select
+    sizes.update({"k": fitted.k, "map_positions": HW, "map_dim": D, "image_dim": fitted.image_features.shape[1],
+                  "gallery_bytes": N * (HW * D * np.dtype(config.store_dtype).itemsize
+                                        + fitted.image_features.shape[1] * 4)})
+    return record_fit(fitted, clock, fit_images=N, skipped=skipped.files, sizes=sizes)

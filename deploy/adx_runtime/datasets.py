@@ -100,7 +100,9 @@ def resolve_category(dataset: str | Path, category: str | None) -> tuple[Path, s
     return path, category
 
 
-def _mask_for(gt_dir: Path, image: Path) -> Path | None:
+def mask_for(gt_dir: Path, image: Path) -> Path | None:
+    """The ground-truth mask of ``image`` in ``gt_dir`` (MVTec's ``<name>_mask.png``, or the
+    image's own name), or ``None``: the one naming rule, also used for PRNet's real anomalies."""
     for name in (f"{image.stem}_mask.png", f"{image.stem}.png", f"{image.stem}_mask{image.suffix}"):
         candidate = gt_dir / name
         if candidate.is_file():
@@ -139,7 +141,7 @@ def load_split(dataset: str | Path, category: str | None = None, *, need_test: b
             if d.name == GOOD:
                 split.test.append(Sample(img, GOOD))
                 continue
-            mask = _mask_for(gt_root / d.name, img) if gt_root.is_dir() else None
+            mask = mask_for(gt_root / d.name, img) if gt_root.is_dir() else None
             if mask is None:
                 missing.append(f"{d.name}/{img.name}")
             split.test.append(Sample(img, d.name, mask))
