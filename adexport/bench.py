@@ -28,7 +28,7 @@ def bench_fit(
     data_size: int = 160,
     category: str = "weave",
     out: str | Path | None = None,
-    bank: str | None = None,
+    export_options: dict[str, Any] | None = None,
     import_seconds: float = 0.0,
     progress: Progress = SILENT,
 ) -> dict[str, Any]:
@@ -37,8 +37,9 @@ def bench_fit(
     Args:
         out: keep the data, model and bundle here (for ``adx bench`` on the bundle); default: a
             temporary folder that is removed.
-        bank: PatchCore's bank format (``faiss`` or ``npz``); ``None``: the method's default (methods
-            without a bank refuse any value).
+        export_options: method export options (``bank``, ``index_type``, ...: keys of
+            :data:`adx_runtime.export_options.METHOD_EXPORT_OPTIONS`) passed to the export; a method
+            refuses the ones it does not honour.
         import_seconds: time the caller spent importing the training stack, reported as a phase.
     """
     holder = None if out else tempfile.TemporaryDirectory(prefix="adx-bench-fit-")
@@ -56,15 +57,17 @@ def bench_fit(
         save_fitted(fitted, root / "model", overwrite=True)
         save_seconds = time.perf_counter() - t
         t = time.perf_counter()
-        manifest = export_bundle(root / "model", root / "bundle", bank=bank, overwrite=True, progress=progress)
+        manifest = export_bundle(root / "model", root / "bundle", **(export_options or {}), overwrite=True,
+                                 progress=progress)
         export_wall = time.perf_counter() - t
+        backbone = fitted.backbone  # None for a method without one (RIAD's U-Net sees pixels)
         phases = {"imports": import_seconds, **fitted.report.phases, "save": save_seconds,
                   **manifest["export_seconds"]}
         return {
             "method": method,
             "setup": {"n_train": n_train, "data_size": data_size, "category": category,
-                      "model_input": manifest["input"]["input_size"], "backbone": fitted.backbone.name,
-                      "weights": fitted.backbone.weights, "config": manifest["method_config"]},
+                      "model_input": manifest["input"]["input_size"], "backbone": backbone.name if backbone else None,
+                      "weights": backbone.weights if backbone else None, "config": manifest["method_config"]},
             "sizes": fitted.report.sizes,
             "phases_seconds": phases,
             "fit_seconds": fit_wall,
@@ -83,8 +86,9 @@ def bench_fit(
 
 def format_fit_report(r: dict[str, Any]) -> str:
     s = r["setup"]
+    backbone = f"backbone {s['backbone']} ({s['weights']})" if s["backbone"] else "no backbone"
     lines = [f"{r['method']} fit benchmark: {s['n_train']} normal images of {s['data_size']} px ({s['category']}), "
-             f"model input {s['model_input'][0]} px, backbone {s['backbone']} ({s['weights']})",
+             f"model input {s['model_input'][0]} px, {backbone}",
              f"  {r['sizes']}"]
     total = sum(r["phases_seconds"].values())
     for name, sec in r["phases_seconds"].items():

@@ -17,12 +17,13 @@ import warnings
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Collection, Sequence
+from typing import Any, ClassVar, Collection, Sequence
 
 import numpy as np
 import torch
 
 from adexport.backbones import static_same_padding
+from adx_runtime.export_options import given_export_options
 from adexport.fitted import load_fitted
 from adexport.methods.base import (EXPORT_OPTIONS, TOLERANCE_EXACT, TOLERANCE_FP16, TOLERANCE_INT8, FittedMethod,
                                    config_to_dict)
@@ -32,19 +33,18 @@ from adx_runtime.bundle import (BUNDLE_FORMAT, MANIFEST, SCHEMA_VERSION, atomic_
                                 integrity_section, load_manifest, write_json_atomic)
 from adx_runtime.datasets import load_split
 from adx_runtime.errors import AdxError, ConfigError, ExportError, ProviderError
-from adx_runtime.predictor import Predictor, tensorrt_provider_options
+from adx_runtime.predictor import Predictor
 from adx_runtime.preprocess import load_image, stack
 from adx_runtime.progress import SILENT, Progress
 from adx_runtime.scorers import SEARCHING_KINDS, check_ef_search_covers_k
-from adx_runtime.sessions import available_devices
+from adx_runtime.runners import OnnxRuntimeRunner
+from adx_runtime.sessions import available_devices, tensorrt_provider_options
 
 GRAPH_FILE = "model.onnx"
 INPUT_NAME = "image"
 DEFAULT_OPSET = 17
 
 __all__ = ["TOLERANCE_EXACT", "export_bundle", "export_onnx", "format_export_summary", "parity_check"]
-
-FORMATS = ("onnx", "tensorrt")
 
 
 def _versions() -> dict[str, str]:
@@ -113,11 +113,17 @@ def _errors(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
 
 def parity_check(fitted: FittedMethod, bundle_dir: Path, images: Sequence[str | Path], *, device: str,
                  tolerance: dict[str, float]) -> dict[str, Any]:
-    """Score ``images`` with PyTorch and with the runtime on ``bundle_dir``; compare."""
+    """Score ``images`` with PyTorch and with the runtime on ``bundle_dir``; compare.
+
+    ``device`` names the runtime target (a row of :data:`adx_runtime.runners.RUNNERS`) whose runner
+    computes the graph outputs compared under ``features``; the scores and maps are the runtime's
+    :class:`Predictor` on the same runner, compared with the method's own torch ``reference``.
+    """
     x = stack([load_image(p, fitted.preprocess) for p in images])
     ref = fitted.reference(torch.from_numpy(x))
     predictor = Predictor.load(bundle_dir, device=device, bank_device="cpu", export_in_progress=True)
-    raw = dict(zip(predictor.output_names, predictor.session.run(predictor.output_names, {predictor.input_name: x})))
+    assert predictor.runner is not None  # loaded with its graph
+    raw = predictor.runner.run(x)
     run = predictor.predict_tensor(x)
     feature_errs = [_errors(ref.outputs[n].numpy(), raw[n]) for n in fitted.output_names]
     errors = {
@@ -204,16 +210,18 @@ def export_bundle(
     """
     if fmt not in FORMATS:
         raise ConfigError(f"export format {fmt!r} is not known; valid: {', '.join(FORMATS)}")
-    if fp16 and fmt != "tensorrt":
-        raise ConfigError("--fp16 applies to TensorRT engines; the ONNX graph is exported in float32")
+    target = FORMATS[fmt]
+    if fp16 and not target.fp16:
+        fp16_targets = " and ".join(f"{f.artefact}s" for f in FORMATS.values() if f.fp16)
+        raise ConfigError(f"--fp16 applies to {fp16_targets}; the ONNX graph is exported in float32")
     if quantize is not None and quantize not in QUANTIZE:
         raise ConfigError(f"--quantize {quantize!r} is not known; valid: {', '.join(QUANTIZE)} (or leave it out for float32)")
     if calibration_images < 1:
         raise ConfigError(f"--calibration-images must be >= 1, got {calibration_images}")
     user_tolerance = _checked_tolerance(tolerance)
     fitted = model if isinstance(model, FittedMethod) else load_fitted(model)
-    options = {k: v for k, v in (("bank", bank), ("index_type", index_type), ("search_params", search_params or None),
-                                 ("shards", shards), ("accept_approximate", accept_approximate)) if v is not None}
+    options = given_export_options(bank=bank, index_type=index_type, search_params=search_params, shards=shards,
+                                   accept_approximate=accept_approximate)
     props = fitted.export_properties(**options)
     refused = sorted(set(options) - props.options)
     if refused:
@@ -224,13 +232,7 @@ def export_bundle(
         raise ConfigError(f"{fitted.name} refuses float16 TensorRT engines: {props.fp16_reason}")
     if quantize == "int8" and not props.int8:
         raise ConfigError(f"{fitted.name} refuses --quantize int8: {props.int8_reason}")
-    if fmt == "tensorrt" and "tensorrt" not in available_devices():
-        raise ProviderError(
-            "--format tensorrt builds a TensorRT engine for this machine's GPU through ONNX Runtime's "
-            f"TensorrtExecutionProvider, which is not available here (available: {', '.join(available_devices())}). "
-            "Run this on the target NVIDIA box with pip install 'adexport[gpu,tensorrt]', or export --format onnx here "
-            "and build the engine there."
-        )
+    target.check_available()
     images = _parity_images(fitted, parity_images)
     check_replaceable(out, overwrite)
     previous = _previous_calibration(Path(out)) if overwrite else None
@@ -239,7 +241,7 @@ def export_bundle(
         t0 = time.perf_counter()
         with progress.task("Exporting ONNX graph", None):
             graph = export_onnx(fitted, tmp / GRAPH_FILE, opset, static_padding=static_padding)
-        graph["max_batch"] = max_batch if fmt == "tensorrt" else None
+        graph["max_batch"] = max_batch if target.batch_profile else None
         quantization = None
         tq = time.perf_counter()
         if quantize == "int8":
@@ -298,16 +300,16 @@ def export_bundle(
             quantization["measure"] = "max |torch float32 - int8 runtime| / max |torch| over the parity images"
         _refuse_if_failed(parity, "ONNX Runtime (cpu)" + (", int8 graph" if quantization else ""),
                           set(user_tolerance), precision)
-        if fmt == "tensorrt":
-            manifest["tensorrt"], engine_files = _build_tensorrt(tmp, manifest, max_batch, fp16)
-            manifest["files"] += engine_files
+        if target.section is not None and target.device is not None:
+            section, built_files = target.build(tmp, manifest, max_batch=max_batch, fp16=fp16)
+            manifest[target.section] = section
+            manifest["files"] += built_files
             _write_manifest(tmp, manifest)
-            trt_defaults = {k: max(v, TOLERANCE_FP16.get(k, v)) for k, v in defaults.items()} if fp16 else defaults
-            trt_tol = {**trt_defaults, **user_tolerance}  # the user's tolerance applies to the engine too
-            with progress.task("Parity check on the TensorRT engine", None):
-                manifest["tensorrt"]["parity"] = parity_check(fitted, tmp, images, device="tensorrt", tolerance=trt_tol)
-            _refuse_if_failed(manifest["tensorrt"]["parity"], "TensorRT", set(user_tolerance),
-                              "fp16" if fp16 else precision)
+            target_defaults = {k: max(v, TOLERANCE_FP16.get(k, v)) for k, v in defaults.items()} if fp16 else defaults
+            target_tol = {**target_defaults, **user_tolerance}  # the user's tolerance applies to the build too
+            with progress.task(f"Parity check on the {target.artefact}", None):
+                section["parity"] = parity_check(fitted, tmp, images, device=target.device, tolerance=target_tol)
+            _refuse_if_failed(section["parity"], target.title, set(user_tolerance), "fp16" if fp16 else precision)
         if previous is not None:
             manifest["export_notes"] = [_carry_calibration(previous, manifest, Path(out))]
         _write_manifest(tmp, manifest)
@@ -431,14 +433,76 @@ def _refuse_if_failed(parity: dict[str, Any], where: str, user_set: Collection[s
     )
 
 
+class ExportFormat:
+    """A ``--format``: what it adds to the ONNX bundle every export writes. A row of :data:`FORMATS`.
+
+    A format that builds something (an engine, another runtime's model file) names the manifest
+    ``section`` its :meth:`build` returns and the runtime target (``device``, a row of
+    :data:`adx_runtime.runners.RUNNERS`) that serves it, on which export runs a second parity check.
+    """
+
+    name: ClassVar[str]
+    title: ClassVar[str]  #: what runs it, in messages ("parity check failed on TensorRT")
+    artefact: ClassVar[str]  #: what it builds, in messages ("TensorRT engine")
+    section: ClassVar[str | None] = None
+    device: ClassVar[str | None] = None
+    fp16: ClassVar[bool] = False  #: accepts --fp16
+    batch_profile: ClassVar[bool] = False  #: built for batches up to --max-batch (recorded as graph.max_batch)
+
+    def check_available(self) -> None:
+        """Refuse before any work when this machine cannot build the format."""
+
+    def build(self, bundle_dir: Path, manifest: dict[str, Any], *, max_batch: int,
+              fp16: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Build into ``bundle_dir``; returns the manifest ``section`` and the ``files`` entries it wrote."""
+        raise NotImplementedError(f"--format {self.name} builds nothing beyond the ONNX graph")
+
+
+class OnnxFormat(ExportFormat):
+    """The ONNX graph and scoring data alone: what every bundle holds."""
+
+    name = "onnx"
+    title = "ONNX Runtime"
+    artefact = "ONNX graph"
+
+
+class TensorRTFormat(ExportFormat):
+    """The ONNX bundle plus a TensorRT engine built on this GPU by ONNX Runtime's TensorRT provider."""
+
+    name = "tensorrt"
+    title = "TensorRT"
+    artefact = "TensorRT engine"
+    section = "tensorrt"
+    device = "tensorrt"
+    fp16 = True
+    batch_profile = True
+
+    def check_available(self) -> None:
+        if "tensorrt" not in available_devices():
+            raise ProviderError(
+                "--format tensorrt builds a TensorRT engine for this machine's GPU through ONNX Runtime's "
+                "TensorrtExecutionProvider, which is not available here "
+                f"(available: {', '.join(available_devices())}). Run this on the target NVIDIA box with "
+                "pip install 'adexport[gpu,tensorrt]', or export --format onnx here and build the engine there."
+            )
+
+    def build(self, bundle_dir: Path, manifest: dict[str, Any], *, max_batch: int,
+              fp16: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        return _build_tensorrt(bundle_dir, manifest, max_batch, fp16)
+
+
+#: ``--format`` -> what it builds: a new export target is one :class:`ExportFormat` and one row here.
+FORMATS: dict[str, ExportFormat] = {f.name: f for f in (OnnxFormat(), TensorRTFormat())}
+
+
 def _build_tensorrt(bundle_dir: Path, manifest: dict[str, Any], max_batch: int, fp16: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Build the TensorRT engine with ONNX Runtime's TensorRT provider into ``engines/``.
 
     The engine is a cache of the ONNX graph for one TensorRT version and GPU compute capability,
-    named after both; ONNX Runtime rebuilds it when either differs.
+    named after both; ONNX Runtime rebuilds it when either differs. It is built through the same
+    runner (same session options, same provider options) that later reads it, so the two agree on
+    the cache key.
     """
-    import onnxruntime as ort  # noqa: PLC0415
-
     trt_version = _trt_version()
     cc = _compute_capability()
     prefix = f"model_trt{trt_version}_sm{cc}{'_fp16' if fp16 else ''}"
@@ -449,11 +513,9 @@ def _build_tensorrt(bundle_dir: Path, manifest: dict[str, Any], max_batch: int, 
     shape = f"{INPUT_NAME}:{{}}x{c}x{h}x{w}"
     profile = {"min": shape.format(1), "opt": shape.format(min(8, max_batch)), "max": shape.format(max_batch)}
     options = tensorrt_provider_options(engine_dir, profile, fp16=fp16, prefix=prefix)
-    session = ort.InferenceSession(str(bundle_dir / GRAPH_FILE),
-                                   providers=[("TensorrtExecutionProvider", options), "CPUExecutionProvider"])
-    if session.get_providers()[0] != "TensorrtExecutionProvider":
-        raise ProviderError(f"ONNX Runtime did not start the TensorRT provider (got {session.get_providers()})")
-    session.run(None, {INPUT_NAME: np.zeros((1, c, h, w), np.float32)})  # builds and caches the engine
+    # create_session refuses a session that did not start on the TensorRT provider
+    runner = OnnxRuntimeRunner.open(bundle_dir / GRAPH_FILE, "tensorrt", trt_options=options)
+    runner.run(np.zeros((1, c, h, w), np.float32))  # builds and caches the engine
     engines = sorted(p for p in engine_dir.iterdir() if p.is_file())
     if not engines:
         raise ExportError("ONNX Runtime's TensorRT provider ran but wrote no engine file into the bundle")

@@ -51,8 +51,8 @@ def test_help_shows_every_default_it_promises(command: str) -> None:
             promised += 1
             assert f"[default: {default}]" in out, f"{command} --{param.name}: [default: {default}] is not shown"
     assert not re.search(r" \.( |$)", out), f"{command} --help has a dangling '.' where text was dropped"
-    if command == "train":
-        assert promised >= 10
+    if command == "train":  # method-specific flags went to --set; the generic shortcuts still promise theirs
+        assert promised >= 4
 
 
 def test_methods_lists_methods_and_options() -> None:
@@ -112,7 +112,8 @@ def test_demo_data_writes_the_layout(tmp_path: Path) -> None:
 def test_train_export_infer(dataset: Path, tmp_path: Path) -> None:
     model, bundle = tmp_path / "model", tmp_path / "bundle"
     r = invoke("train", dataset, "-c", "weave", "--out", model, "--backbone", "test_efficientnet", "--weights", "random",
-               "--image-size", 64, "--coreset-ratio", 0.2, "--k", 2, "--layers", "blocks.2,blocks.3", "-q")
+               "--image-size", 64, "--set", "coreset_ratio=0.2", "--set", "num_neighbors=2", "--layers", "blocks.2,blocks.3",
+               "-q")
     assert r.exit_code == 0, r.output
     assert "fit time" in r.output and "image threshold" in r.output and "on weave (cpu)" in r.output
     meta = json.loads((model / "model.json").read_text())
@@ -299,7 +300,7 @@ def test_infer_on_the_bad_image_corpus(bundle: Path, dataset: Path, tmp_path: Pa
 def test_read_only_output_folder_is_refused_before_scoring(bundle: Path, dataset: Path, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Root may write anywhere, so the permission answer is what os.access is made to say."""
-    import adx_cli.app as app_mod
+    import adx_runtime.inputs as app_mod  # where the CLI's output checks live
 
     locked = tmp_path / "ro"
     locked.mkdir()

@@ -251,7 +251,7 @@ def test_spade_k_pixel_searches_the_nearest_images_only(spade_fitted, dataset: P
     gallery_img = spade_fitted.image_features.numpy().astype(np.float64)
     gallery_maps = spade_fitted.feature_maps.numpy().astype(np.float64)
     p = Predictor.load(tmp_path / "b")
-    raw = dict(zip(p.output_names, p.session.run(p.output_names, {p.input_name: x})))
+    raw = p.runner.run(x)
     got = p.scorer(raw).patch_maps.reshape(len(x), -1)
     for b in range(len(x)):
         nearest = np.argsort(np.linalg.norm(gallery_img - feat[b], axis=1))[:2]
@@ -288,7 +288,7 @@ def test_spade_pixel_coreset_is_a_greedy_coreset_searched_exactly(dataset: Path,
     with torch.no_grad():
         feat, fmap = (t.numpy().astype(np.float64) for t in fitted.graph()(torch.from_numpy(x)))
     p = Predictor.load(tmp_path / "b")
-    raw = dict(zip(p.output_names, p.session.run(p.output_names, {p.input_name: x})))
+    raw = p.runner.run(x)
     out = p.scorer(raw)
     got = out.patch_maps.reshape(len(x), -1)
     bank = expected.astype(np.float64)

@@ -445,7 +445,7 @@ def test_cli_refuses_bad_values_in_one_line(dataset: Path, tmp_path: Path) -> No
                          (("-m", "padim", "--set", "epsilon=nan"), ("epsilon", "> 0")),
                          (("--set", "seed=100000000000000000000"), ("seed", "4294967295")),
                          (("--seed", "-1"), ("seed", "4294967295")),
-                         (("--projection-dim", "0"), ("projection_dim", ">= 1")),
+                         (("--set", "projection_dim=0"), ("projection_dim", ">= 1")),
                          (("--batch-size", "0"), ("--batch-size", ">= 1"))]:
         out = tmp_path / "m"
         assert_refused(adx(*base, "--out", out, *extra), *words)

@@ -31,6 +31,7 @@ from torch import nn
 
 from adexport.backbones import BackboneInfo, FeatureExtractor, create_backbone
 from adexport.data import Skipped, image_batches
+from adx_runtime.export_options import EXPORT_OPTION_FLAGS
 from adexport.methods.common import FitReport, reference_image_scores, reference_postprocess
 from adx_runtime.datasets import Sample
 from adx_runtime.errors import ConfigError
@@ -52,9 +53,9 @@ TOLERANCE_FP16 = {"features": 2e-2, "image_scores": 5e-2, "maps": 5e-2}
 #: image scores by 9% and maps by 5%.
 TOLERANCE_INT8 = {"features": 0.3, "image_scores": 0.1, "maps": 0.1}
 
-#: Export options a method may use; each method names the ones it honours, the rest are refused.
-EXPORT_OPTIONS = {"bank": "--bank", "index_type": "--index-type", "search_params": "--search-param",
-                  "shards": "--shards", "accept_approximate": "--accept-approximate"}
+#: Export options a method may use (keyword -> flag), from the one table in
+#: :mod:`adx_runtime.export_options`; each method names the ones it honours, the rest are refused.
+EXPORT_OPTIONS = EXPORT_OPTION_FLAGS
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,13 @@ class ExportProperties:
     int8: bool = True  # whether an int8 (statically quantized) ONNX graph is allowed
     int8_reason: str = ""  # why not, when not
     options: frozenset[str] = frozenset()  # export options (EXPORT_OPTIONS keys) the method honours
+
+    def __post_init__(self) -> None:
+        # A misspelt name would make export refuse the option the method meant to honour.
+        unknown = sorted(set(self.options) - set(EXPORT_OPTIONS))
+        if unknown:
+            raise TypeError(f"ExportProperties.options names no export option: {', '.join(unknown)}; "
+                            f"known: {', '.join(EXPORT_OPTIONS)}")
 
 
 @dataclass
@@ -240,6 +248,20 @@ def make_config(config_cls: type, overrides: dict[str, Any]) -> Any:
             f"{config_cls.__name__} has no option(s) {', '.join(unknown)}; its options: {', '.join(sorted(fields))}"
         )
     return config_cls(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def merge_options(config_cls: type, shortcuts: dict[str, Any] | None, assignments: Sequence[str]) -> dict[str, Any]:
+    """A method's overrides from a command line: the generic shortcut flags given (``None``: not
+    given) and ``--set KEY=VALUE`` items parsed by the config's field types. An option given both
+    ways is refused rather than one silently winning."""
+    from adexport.methods.options import parse_assignments  # noqa: PLC0415
+
+    options = {k: v for k, v in (shortcuts or {}).items() if v is not None}
+    explicit = parse_assignments(config_cls, assignments)
+    both = sorted(set(options) & set(explicit))
+    if both:
+        raise ConfigError(f"{', '.join(both)} given both as a flag and with --set; give each option once")
+    return {**options, **explicit}
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

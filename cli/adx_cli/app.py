@@ -4,15 +4,19 @@ Each command parses its options, calls one library function and prints. The torc
 (``adexport``) is imported only inside ``train``, ``methods``, ``export``, ``demo`` and ``bench-fit``,
 so ``infer``, ``eval``, ``calibrate`` and ``bench`` work where torch is not installed. A command
 that needs an extra checks it first (:func:`require`, table :data:`NEEDS`) and stops in one line.
+
+The CLI knows no method by name: a method's options go through ``--set KEY=VALUE`` (listed by
+``adx methods NAME``) besides a few generic shortcuts, and the export options are flags built from
+the runtime's table (:data:`adx_runtime.export_options.METHOD_EXPORT_OPTIONS`), so a new method or
+export option needs no edit here.
 """
 
 from __future__ import annotations
 
 import functools
-import glob
 import importlib.util
+import inspect
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -23,7 +27,10 @@ import typer
 from typer.core import TyperArgument, TyperCommand
 
 from adx_runtime.errors import AdxError, ConfigError, DependencyError, Interrupted
-from adx_runtime.images import IMAGE_LIKE_SUFFIXES, IMAGE_SUFFIXES
+from adx_runtime.export_options import METHOD_EXPORT_OPTIONS, ExportOption
+from adx_runtime.inputs import check_outputs, expand_inputs, expand_inputs_rooted
+
+__all__ = ["app", "check_outputs", "expand_inputs", "expand_inputs_rooted", "main"]
 
 app = typer.Typer(
     name="adx",
@@ -148,113 +155,94 @@ def _parse_layers(text: Optional[str]) -> Optional[tuple[int | str, ...]]:
     return tuple(int(p) if p.lstrip("-").isdigit() else p for p in parts)
 
 
-def _image_like(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_LIKE_SUFFIXES
+# ------------------------------------------------------------------------------- shared options
+# Options several commands take, declared once (typer copies the option's info for each command).
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars, notes or summary lines.")]
+Category = Annotated[Optional[str], typer.Option("--category", "-c", help="Category folder inside DATASET.")]
+JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Write every figure here, as JSON.")]
+Device = Annotated[str, typer.Option(help="ONNX Runtime provider: cpu | cuda | tensorrt.")]
+BankDevice = Annotated[str, typer.Option(help="FAISS search: auto | cpu | cuda.")]
+SearchParams = Annotated[Optional[list[str]], typer.Option("--search-param", help="FAISS search parameter NAME=VALUE overriding the bundle's, repeatable: nprobe=N (IVF), efSearch=N (HNSW) [default: the bundle's].")]
+# The method: resolved by the registry when not given (its first entry), so no method is named here.
+Method = Annotated[Optional[str], typer.Option("--method", "-m", help="Method; `adx methods` lists them [default: the first one listed].")]
+SetOptions = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="KEY=VALUE for any method option, repeatable; `adx methods METHOD` lists options, types and defaults.")]
+# Generic shortcuts for options many methods share; every other method option is --set KEY=VALUE.
+Backbone = Annotated[Optional[str], typer.Option(help="Shortcut for --set backbone=... (timm name) [default: efficientnet_lite0, offline weights].")]
+Weights = Annotated[Optional[str], typer.Option(help="Shortcut for --set weights=...: auto | offline | timm | random | path to a .safetensors or .pth file.")]
+Layers = Annotated[Optional[str], typer.Option(help="Shortcut for --set layers=...: feature stages by index or name, e.g. 2,3 or layer2,layer3.")]
+ImageSize = Annotated[Optional[int], typer.Option(help="Shortcut for --set image_size=...: square input size after resize [default: the method's].")]
+Epochs = Annotated[Optional[int], typer.Option(help="Trained methods: shortcut for --set epochs=... [default: the method's].")]
+Seed = Annotated[Optional[int], typer.Option(help="Shortcut for --set seed=...: holdout split, sampling, weights and shuffling [default: 0].")]
 
 
-def _scan_folder(folder: Path, recursive: bool, seen: set[str] | None = None) -> list[Path]:
-    """Every image-like entry of ``folder``, whatever it is (a FIFO, a device link, a folder named
-    x.png): each gets a result line, with the reason when it cannot be scored. With ``recursive``,
-    sub-folders are entered, symbolic links to folders too, but a folder already visited (a link
-    loop) is reported instead of entered again."""
-    seen = set() if seen is None else seen
-    seen.add(os.path.realpath(folder))
-    out: list[Path] = []
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return [folder]  # decode_image then says what is wrong with it
-    for entry in entries:
-        path = Path(entry.path)
-        try:
-            is_dir = entry.is_dir()
-        except OSError:
-            is_dir = False
-        if is_dir and recursive:
-            if os.path.realpath(path) in seen:
-                out.append(path)  # a loop: reported as a link to a folder, not entered
-            else:
-                out += _scan_folder(path, recursive, seen)
-        elif _image_like(path):
-            out.append(path)
-    return out
+def _shortcuts(*, backbone: Optional[str], weights: Optional[str], layers: Optional[str], image_size: Optional[int],
+               epochs: Optional[int], seed: Optional[int]) -> dict[str, Any]:
+    """The generic shortcut flags as method options (``None``: not given)."""
+    return {"backbone": backbone, "weights": weights, "layers": _parse_layers(layers), "image_size": image_size,
+            "epochs": epochs, "seed": seed}
 
 
-def _pattern_root(pattern: str) -> Path:
-    """The fixed leading folders of a glob pattern (``data/*/test/*.png`` -> ``data``)."""
-    fixed: list[str] = []
-    for part in Path(pattern).parts[:-1]:
-        if any(ch in part for ch in "*?["):
-            break
-        fixed.append(part)
-    return Path(*fixed) if fixed else Path(".")
+def _method_name(method: Optional[str]) -> str:
+    """``--method`` as given, or the registry's default (its first entry)."""
+    if method is not None:
+        return method
+    from adexport.methods import method_names  # noqa: PLC0415
+
+    return method_names()[0]
 
 
-def expand_inputs_rooted(inputs: list[str], recursive: bool = False) -> list[tuple[Path, Optional[Path]]]:
-    """Like :func:`expand_inputs`, each path with the root of the argument that named it: the
-    folder given, a pattern's fixed leading folders, or None for a file named itself (what
-    ``adx infer --save-maps`` names maps after)."""
-    out: list[tuple[Path, Optional[Path]]] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            out += [(p, path) for p in sorted(_scan_folder(path, recursive))]
-        elif not os.path.lexists(path) and any(ch in item for ch in "*?["):
-            matches = sorted(Path(p) for p in glob.glob(item, recursive=True)
-                             if not Path(p).is_dir() or _image_like(Path(p)))
-            if not matches:
-                raise ConfigError(f"the pattern {item!r} matches no files")
-            root = _pattern_root(item)
-            out += [(p, root) for p in matches]
-        else:
-            out.append((path, None))
-    if not out:
-        raise ConfigError(f"no images found in {', '.join(inputs)} (looked for {', '.join(IMAGE_SUFFIXES)})")
-    return out
+def _method_options(method: str, shortcuts: dict[str, Any], assignments: Optional[list[str]]) -> dict[str, Any]:
+    """Shortcut flags and ``--set`` items -> the method's typed overrides."""
+    from adexport.methods import get_method  # noqa: PLC0415
+    from adexport.methods.base import merge_options  # noqa: PLC0415
+
+    return merge_options(get_method(method).config_cls, shortcuts, assignments or [])
 
 
-def expand_inputs(inputs: list[str], recursive: bool = False) -> list[Path]:
-    """Files, folders (their images) and glob patterns -> paths, in the order given.
+def _search_params(items: Optional[list[str]]) -> dict[str, float]:
+    """``--search-param nprobe=16`` (repeatable) -> ``{"nprobe": 16}``."""
+    from adx_runtime.knn import parse_search_params  # noqa: PLC0415
 
-    Every path named is kept, even one that does not exist or is not a file: scoring gives it its
-    own error line and the others are still scored. A pattern that matches nothing is an error.
-    """
-    return [path for path, _ in expand_inputs_rooted(inputs, recursive)]
+    return parse_search_params(items)
 
 
-def check_outputs(output: str, save_maps: Optional[Path], inputs: list[Path]) -> None:
-    """Refuse, before anything is scored, a result file or maps folder that cannot be written or
-    would destroy something (an input image, a folder)."""
-    if output != "-":
-        path = Path(output)
-        if path.is_dir():
-            raise ConfigError(f"--output {output!r} is a folder; give a file name, e.g. {str(path / 'scores.jsonl')!r}")
-        parent = path.parent
-        if not parent.is_dir():
-            raise ConfigError(f"--output {output!r}: the folder {str(parent)!r} does not exist; create it first")
-        if path.exists():
-            for p in inputs:
-                try:
-                    same = os.path.samefile(path, p)
-                except OSError:
-                    continue
-                if same:
-                    raise ConfigError(f"--output {output!r} is one of the input images ({str(p)!r}); writing results "
-                                      "there would destroy it. Choose another file name.")
-            if not os.access(path, os.W_OK):
-                raise ConfigError(f"--output {output!r} is not writable (permission denied)")
-        elif not os.access(parent, os.W_OK | os.X_OK):
-            raise ConfigError(f"--output {output!r}: the folder {str(parent)!r} is not writable (permission denied)")
-    if save_maps is not None:
-        if save_maps.exists() and not save_maps.is_dir():
-            raise ConfigError(f"--save-maps {str(save_maps)!r} is a file, not a folder; give a folder for the heatmaps")
-        existing = save_maps  # the folder, or the nearest part of its path that exists (it is created later)
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
-        if not existing.is_dir():
-            raise ConfigError(f"--save-maps {str(save_maps)!r} cannot be created: {str(existing)!r} is a file")
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise ConfigError(f"--save-maps {str(save_maps)!r} is not writable ({str(existing)!r}: permission denied)")
+def _write_json(path: Path, data: Any) -> None:
+    """Write a command's figures as indented JSON, creating the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+_FLAG_TYPES: dict[str, Any] = {"text": Optional[str], "int": Optional[int], "switch": bool,
+                               "repeated": Optional[list[str]]}
+
+
+def _export_option_parameter(option: ExportOption) -> inspect.Parameter:
+    # A switch keeps the --x/--no-x pair typer gives a bool option.
+    decls = (f"{option.flag}/--no-{option.flag[2:]}",) if option.kind == "switch" else (option.flag,)
+    return inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY,
+                             default=False if option.kind == "switch" else None,
+                             annotation=Annotated[_FLAG_TYPES[option.kind], typer.Option(*decls, help=option.help)])
+
+
+def with_export_options(fn: F) -> F:
+    """One flag per method export option (:data:`METHOD_EXPORT_OPTIONS`) in place of ``fn``'s
+    ``export_options`` parameter, which receives the options given as the library takes them; so a
+    new export option is a row in that table, not a flag here."""
+    signature = inspect.signature(fn, eval_str=True)
+    params: list[inspect.Parameter] = []
+    for param in signature.parameters.values():
+        if param.name == "export_options":
+            params += [_export_option_parameter(option) for option in METHOD_EXPORT_OPTIONS]
+        else:  # keyword-only, so generated options may sit between ones with and without defaults
+            params.append(param.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+
+    @functools.wraps(fn)
+    def wrapper(**kwargs: Any) -> Any:
+        given = {option.name: option.from_cli(kwargs.pop(option.name, None)) for option in METHOD_EXPORT_OPTIONS}
+        return fn(**kwargs, export_options={k: v for k, v in given.items() if v is not None})
+
+    wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    return wrapper  # type: ignore[return-value]
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -268,7 +256,7 @@ def demo_data(
     n_test_defect: Annotated[int, typer.Option(help="Test images per defect type.")] = 5,
     image_size: Annotated[int, typer.Option(help="Side of the square images, in pixels.")] = 160,
     seed: Annotated[int, typer.Option(help="Same seed, same bytes.")] = 0,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Generate the built-in demo dataset: textures with defects and masks, deterministic, no download."""
     from adx_synth import count_demo_images, generate_demo_dataset  # noqa: PLC0415
@@ -288,76 +276,60 @@ def demo_data(
 def synth_preview(
     dataset: Annotated[Path, typer.Argument(help="Dataset root in the MVTec AD layout, or one category folder.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the grid PNGs, one per kind (created).")],
-    category: Annotated[Optional[str], typer.Option("--category", "-c", help="Category folder inside DATASET.")] = None,
-    kind: Annotated[str, typer.Option(help="Comma-separated anomaly kinds: cutpaste, scar, texture.")] = "cutpaste,scar,texture",
+    category: Category = None,
+    kind: Annotated[Optional[str], typer.Option(help="Comma-separated anomaly kinds to draw [default: every kind the generator has; a wrong name lists them].")] = None,
     n: Annotated[int, typer.Option("--n", help="Training images to draw on (the first N of train/good).")] = 8,
     image_size: Annotated[int, typer.Option(help="Side the images are resized to, in pixels; scar sizes scale with it.")] = 128,
     seed: Annotated[int, typer.Option(help="Same seed, same pictures.")] = 0,
     textures: Annotated[Optional[Path], typer.Option(help="Folder of texture images (e.g. DTD) for texture anomalies; default: the generated textures except the category's own.")] = None,
 ) -> None:
-    """Draw synthetic anomalies (CutPaste, scar, Perlin texture) on a category's training images, as grids.
+    """Draw synthetic anomalies (pasted patches, scars, Perlin textures) on a category's training images, as grids.
 
     Each PNG pairs a row of anomalous images with a row of the same images, the anomaly outlined in red.
     """
     from adx_synth.anomalies import write_preview  # noqa: PLC0415
 
-    kinds = tuple(k.strip() for k in kind.split(",") if k.strip())
-    paths = write_preview(dataset, category, out, kinds=kinds, n=n, image_size=image_size, seed=seed,
-                          textures=textures)
+    kinds = {"kinds": tuple(k.strip() for k in kind.split(",") if k.strip())} if kind else {}  # else the library's
+    paths = write_preview(dataset, category, out, **kinds, n=n, image_size=image_size, seed=seed, textures=textures)
     for path in paths:
         typer.echo(str(path))
 
 
 # ---------------------------------------------------------------------------------------- train
-#: What --k sets in each method's config.
-K_OPTION = {"patchcore": "num_neighbors", "spade": "k"}
-
-
 @app.command()
 @handle_errors
 def train(
     dataset: Annotated[Path, typer.Argument(help="Dataset root in the MVTec AD layout, or one category folder.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the fitted model (created).")],
-    category: Annotated[Optional[str], typer.Option("--category", "-c", help="Category folder inside DATASET.")] = None,
-    method: Annotated[str, typer.Option("--method", "-m", help="Method; `adx methods` lists them.")] = "patchcore",
-    set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="KEY=VALUE for any method option, repeatable; `adx methods METHOD` lists options, types and defaults.")] = None,
-    backbone: Annotated[Optional[str], typer.Option(help="Shortcut for --set backbone=... (timm name) [default: efficientnet_lite0, offline weights].")] = None,
-    weights: Annotated[Optional[str], typer.Option(help="Shortcut for --set weights=...: auto | offline | timm | random | path to a .safetensors or .pth file.")] = None,
-    layers: Annotated[Optional[str], typer.Option(help="Shortcut for --set layers=...: feature stages by index or name, e.g. 2,3 or layer2,layer3.")] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="Shortcut for --set image_size=...: square input size after resize [default: the method's].")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Trained methods: shortcut for --set epochs=... [default: the method's].")] = None,
-    coreset_ratio: Annotated[Optional[float], typer.Option(help="PatchCore: coreset size / training patches [default: 0.1].")] = None,
-    k: Annotated[Optional[int], typer.Option("--k", help="PatchCore: neighbours b of the image-score reweighting [default: 3]; SPADE: nearest training images [default: 50].")] = None,
-    target_dim: Annotated[Optional[int], typer.Option(help="PatchCore: patch feature size [default: stages' channels].")] = None,
-    projection_dim: Annotated[Optional[int], typer.Option(help="PatchCore: random projection size for the coreset [default: 128].")] = None,
-    n_features: Annotated[Optional[int], typer.Option(help="PaDiM: random channel subset d [default: 100].")] = None,
-    epsilon: Annotated[Optional[float], typer.Option(help="PaDiM: covariance regularisation [default: 0.01].")] = None,
-    map_stride: Annotated[Optional[int], typer.Option(help="SPADE: stride of the pixel-level feature map [default: 8].")] = None,
-    store_dtype: Annotated[Optional[str], typer.Option(help="PaDiM/SPADE: float32 | float16 for the stored statistics/gallery [default: float32].")] = None,
-    textures: Annotated[Optional[str], typer.Option(help="PRNet: folder of foreign textures (e.g. DTD) for its synthetic anomalies [default: textures the project generates, minus the training category].")] = None,
-    anomalies: Annotated[Optional[str], typer.Option(help="PRNet: folder of real anomalies in the MVTec layout (test/<defect>/ with ground_truth/) mixed into training [default: none, synthetic only].")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed for the holdout split, coreset, weights and shuffling [default: 0].")] = None,
+    category: Category = None,
+    method: Method = None,
+    set_: SetOptions = None,
+    backbone: Backbone = None,
+    weights: Weights = None,
+    layers: Layers = None,
+    image_size: ImageSize = None,
+    epochs: Epochs = None,
+    seed: Seed = None,
     holdout: Annotated[float, typer.Option(help="Fraction of train/good kept out of the fit to calibrate thresholds.")] = 0.2,
     device: Annotated[str, typer.Option(help="Torch device: auto | cpu | cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass for feature extraction and calibration (a trained method's optimiser batch is --set batch_size=N).")] = 8,
     resume: Annotated[bool, typer.Option(help="Trained methods: go on from OUT.checkpoint.pt (written every checkpoint_every epochs and on Ctrl-C).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it is a fitted model written by `adx train` (anything else is refused).")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Fit a method on the normal images of one category and write the fitted model (safetensors + JSON).
 
-    Trained networks (RD4AD, RIAD, CutPaste, PRNet) show epoch, loss and time left, write a checkpoint every few epochs and
-    on Ctrl-C (resume with --resume), and draw their loss curve into OUT/loss_curve.png.
+    Every method option is --set KEY=VALUE (`adx methods METHOD` lists them); the shortcut flags cover the
+    common ones. Trained networks (`adx methods` marks them) show epoch, loss and time left, write a
+    checkpoint every few epochs and on Ctrl-C (resume with --resume), and draw their loss curve into
+    OUT/loss_curve.png.
     """
     require("train")
     from adexport.train import run_training  # noqa: PLC0415
 
-    shortcuts = {"backbone": backbone, "weights": weights, "layers": _parse_layers(layers), "image_size": image_size,
-                 "epochs": epochs, "coreset_ratio": coreset_ratio, K_OPTION.get(method, "k"): k,
-                 "target_dim": target_dim, "projection_dim": projection_dim, "n_features": n_features,
-                 "epsilon": epsilon, "map_stride": map_stride, "store_dtype": store_dtype, "textures": textures,
-                 "anomalies": anomalies, "seed": seed}
-    text = run_training(dataset, out, category, method, shortcuts=shortcuts, assignments=set_ or [],
+    shortcuts = _shortcuts(backbone=backbone, weights=weights, layers=layers, image_size=image_size, epochs=epochs,
+                           seed=seed)
+    text = run_training(dataset, out, category, _method_name(method), shortcuts=shortcuts, assignments=set_ or [],
                         holdout=holdout, device=device, batch_size=batch_size, resume=resume, overwrite=overwrite,
                         progress=_progress(quiet))
     typer.echo(text)
@@ -383,15 +355,12 @@ def methods(
 # --------------------------------------------------------------------------------------- export
 @app.command()
 @handle_errors
+@with_export_options
 def export(
     model: Annotated[Path, typer.Argument(help="Fitted model folder written by `adx train`.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Bundle folder to write (atomically).")],
     format: Annotated[str, typer.Option("--format", "-f", help="onnx | tensorrt (ONNX bundle + engine for this GPU) | triton (MODEL is a bundle; OUT a Triton model repository).")] = "onnx",
-    bank: Annotated[Optional[str], typer.Option(help="Memory-bank methods (PatchCore): faiss (a FAISS index) or npz (numpy arrays) [default: faiss]. Other methods refuse it.")] = None,
-    index_type: Annotated[Optional[str], typer.Option(help="PatchCore bank / SPADE image gallery: FAISS index factory string: Flat (exact), SQ8, IVF64,Flat, IVF64,PQ38, HNSW32, ... [default: Flat]. Approximate ones are measured against exact search on held-out images. Other methods refuse it.")] = None,
-    search_param: Annotated[Optional[list[str]], typer.Option("--search-param", help="Approximate index: NAME=VALUE search parameter recorded as the bundle's default, repeatable: nprobe=N (IVF), efSearch=N (HNSW) [default: FAISS's, nprobe 1, efSearch 16].")] = None,
-    shards: Annotated[Optional[int], typer.Option(help="PatchCore: split the bank into N FAISS index files searched as one (IndexShards) [default: 1, one file].")] = None,
-    accept_approximate: Annotated[bool, typer.Option(help="Write the bundle even when the approximate index misses its tolerance against exact search (recall@1 >= 0.5, mean relative distance error <= 0.05).")] = False,
+    export_options: Optional[dict[str, Any]] = None,  # a flag per METHOD_EXPORT_OPTIONS row (with_export_options)
     quantize: Annotated[Optional[str], typer.Option(help="int8: statically quantized graph (ONNX Runtime QDQ, per-channel int8 weights), parity checked against float32 torch [default: none, float32]. Methods that declare int8 unsafe refuse it.")] = None,
     calibration_images: Annotated[int, typer.Option(help="With --quantize int8: training images to calibrate activation ranges on.")] = 32,
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
@@ -402,7 +371,7 @@ def export(
     instances: Annotated[int, typer.Option(help="triton: instances of each model (instance_group count).")] = 1,
     fp16: Annotated[bool, typer.Option(help="TensorRT: build a float16 engine (parity measured against float32 torch); methods that lose accuracy in fp16 refuse it.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it is a bundle (anything else is refused); the old one is kept until the new one is in place.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Export a fitted model to a bundle: ONNX graph, scoring data, manifest, parity check.
 
@@ -418,12 +387,9 @@ def export(
     tolerance = None
     if parity_tolerance is not None:
         tolerance = {"image_scores": parity_tolerance, "maps": parity_tolerance}  # graph outputs keep the export's own
-    manifest = export_bundle(model, out, fmt=format, bank=bank, index_type=index_type, opset=opset,
-                             parity_images=images, tolerance=tolerance, max_batch=max_batch, fp16=fp16,
-                             quantize=quantize, calibration_images=calibration_images,
-                             search_params=_search_params(search_param), shards=shards,
-                             accept_approximate=accept_approximate or None, overwrite=overwrite,
-                             progress=_progress(quiet))
+    manifest = export_bundle(model, out, fmt=format, opset=opset, parity_images=images, tolerance=tolerance,
+                             max_batch=max_batch, fp16=fp16, quantize=quantize, calibration_images=calibration_images,
+                             **(export_options or {}), overwrite=overwrite, progress=_progress(quiet))
     typer.echo(format_export_summary(manifest, out))
 
 
@@ -490,14 +456,14 @@ def infer(
     output: Annotated[str, typer.Option("--output", "-o", help="Result file, or - for standard output.")] = "-",
     fmt: Annotated[str, typer.Option("--format", help="jsonl | csv.")] = "jsonl",
     threshold: Annotated[Optional[float], typer.Option(help="Raw image-score threshold overriding the bundle's.")] = None,
-    device: Annotated[str, typer.Option(help="ONNX Runtime provider: cpu | cuda | tensorrt.")] = "cpu",
-    bank_device: Annotated[str, typer.Option(help="FAISS search: auto | cpu | cuda.")] = "auto",
-    search_param: Annotated[Optional[list[str]], typer.Option("--search-param", help="FAISS search parameter NAME=VALUE overriding the bundle's, repeatable: nprobe=N (IVF), efSearch=N (HNSW) [default: the bundle's].")] = None,
+    device: Device = "cpu",
+    bank_device: BankDevice = "auto",
+    search_param: SearchParams = None,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 8,
     save_maps: Annotated[Optional[Path], typer.Option(help="Folder for heatmap overlays (PNG), each at its image's own size.")] = None,
     raw_maps: Annotated[Optional[str], typer.Option(help="Also write each raw map into --save-maps at the image's size: npy (float32 raw scores) or png16 (16-bit normalised map, pixel threshold = 32768).")] = None,
     recursive: Annotated[bool, typer.Option(help="Look into sub-folders of input folders.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Score images with a bundle, without PyTorch: one line per image (path, raw score, normalised score, label).
 
@@ -558,16 +524,16 @@ def _remote_model(server: str, bundle: Path, *, threshold: Optional[float], save
 def eval_cmd(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
     dataset: Annotated[Path, typer.Argument(help="Dataset root (MVTec AD layout) or a category folder.")],
-    category: Annotated[Optional[str], typer.Option("--category", "-c", help="Category folder inside DATASET.")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write every number (and each image's score) here.")] = None,
+    category: Category = None,
+    json_out: JsonOut = None,
     report: Annotated[Optional[Path], typer.Option(help="Folder for ROC/PRO curves, score histogram, worst-case galleries and index.html.")] = None,
-    device: Annotated[str, typer.Option(help="ONNX Runtime provider: cpu | cuda | tensorrt.")] = "cpu",
-    bank_device: Annotated[str, typer.Option(help="FAISS search: auto | cpu | cuda.")] = "auto",
-    search_param: Annotated[Optional[list[str]], typer.Option("--search-param", help="FAISS search parameter NAME=VALUE overriding the bundle's, repeatable: nprobe=N (IVF), efSearch=N (HNSW) [default: the bundle's].")] = None,
+    device: Device = "cpu",
+    bank_device: BankDevice = "auto",
+    search_param: SearchParams = None,
     threshold: Annotated[Optional[float], typer.Option(help="Raw image threshold overriding the bundle's.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 8,
     compare: Annotated[Optional[Path], typer.Option(help="A second bundle of the same model (e.g. the float32 one of an int8 bundle): both scored, metrics side by side with differences.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Score a test split with the torch-free runtime: image/pixel AUROC, AUPRO, F1-max, per defect type.
 
@@ -595,8 +561,7 @@ def eval_cmd(
             typer.secho(f"warning: {compare}: {warning}", fg=typer.colors.YELLOW, err=True)
         typer.echo(format_eval_comparison(ev, other))
     if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(ev.to_json(), indent=2) + "\n", encoding="utf-8")
+        _write_json(json_out, ev.to_json())
         typer.echo(f"wrote {json_out}")
     if report:
         from adx_runtime.report import write_report  # noqa: PLC0415
@@ -611,12 +576,12 @@ def eval_cmd(
 def calibrate(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder; its manifest is rewritten atomically.")],
     dataset: Annotated[Path, typer.Argument(help="Validation data in the MVTec AD layout (its test/ split is used).")],
-    category: Annotated[Optional[str], typer.Option("--category", "-c", help="Category folder inside DATASET.")] = None,
+    category: Category = None,
     mode: Annotated[str, typer.Option(help="f1: F1-optimal thresholds; fpr: at most --fpr of good images flagged.")] = "f1",
     fpr: Annotated[float, typer.Option(help="With --mode fpr: allowed false-positive rate on good images (and pixels).")] = 0.01,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 8,
     force: Annotated[bool, typer.Option("--force", help="Write a threshold that flags every good image or detects no anomalous one (refused otherwise).")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Reset the bundle's image threshold (and pixel threshold when masks exist) from a validation split.
 
@@ -635,13 +600,6 @@ def calibrate(
 
 
 # ---------------------------------------------------------------------------------------- bench
-def _search_params(items: Optional[list[str]]) -> dict[str, float]:
-    """``--search-param nprobe=16`` (repeatable) -> ``{"nprobe": 16}``."""
-    from adx_runtime.knn import parse_search_params  # noqa: PLC0415
-
-    return parse_search_params(items)
-
-
 def _int_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -660,13 +618,13 @@ def bench(
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes to sweep.")] = "1,4,16",
     runs: Annotated[int, typer.Option(help="Timed batches per batch size.")] = 20,
     warmup: Annotated[int, typer.Option(help="Untimed batches first, per batch size.")] = 3,
-    device: Annotated[str, typer.Option(help="ONNX Runtime provider: cpu | cuda | tensorrt.")] = "cpu",
-    bank_device: Annotated[str, typer.Option(help="FAISS search: auto | cpu | cuda.")] = "auto",
+    device: Device = "cpu",
+    bank_device: BankDevice = "auto",
     threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads (0 = all cores).")] = 0,
-    search_param: Annotated[Optional[list[str]], typer.Option("--search-param", help="FAISS search parameter NAME=VALUE overriding the bundle's, repeatable: nprobe=N (IVF), efSearch=N (HNSW) [default: the bundle's].")] = None,
+    search_param: SearchParams = None,
     compare: Annotated[Optional[Path], typer.Option(help="A second bundle, printed side by side with ratios.")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write every figure here.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    json_out: JsonOut = None,
+    quiet: Quiet = False,
 ) -> None:
     """Latency and throughput of a bundle: batch-size sweep, p50/p90/p99, time split by stage, memory, size.
 
@@ -684,30 +642,34 @@ def bench(
         result, text = compare_bundles(bundle, compare, **options)
         typer.echo(text)
     if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        _write_json(json_out, result)
         if not quiet:
             typer.echo(f"wrote {json_out}")
 
 
 @app.command("bench-fit")
 @handle_errors
+@with_export_options
 def bench_fit_cmd(
-    method: Annotated[str, typer.Option("--method", "-m", help="Method to fit.")] = "patchcore",
+    method: Method = None,
+    set_: SetOptions = None,
+    backbone: Backbone = None,
+    weights: Weights = None,
+    layers: Layers = None,
+    image_size: ImageSize = None,
+    epochs: Epochs = None,
+    seed: Seed = None,
+    export_options: Optional[dict[str, Any]] = None,  # a flag per METHOD_EXPORT_OPTIONS row (with_export_options)
     n_train: Annotated[int, typer.Option(help="Normal training images to generate.")] = 60,
     data_size: Annotated[int, typer.Option(help="Side of the generated images, px.")] = 160,
-    image_size: Annotated[Optional[int], typer.Option(help="Model input size [default: the method's, 256].")] = None,
-    backbone: Annotated[Optional[str], typer.Option(help="timm backbone [default: efficientnet_lite0].")] = None,
-    weights: Annotated[Optional[str], typer.Option(help="auto | offline | timm | random | file.")] = None,
-    coreset_ratio: Annotated[Optional[float], typer.Option(help="PatchCore coreset ratio [default: 0.1].")] = None,
-    n_features: Annotated[Optional[int], typer.Option(help="PaDiM channel subset d [default: 100].")] = None,
-    store_dtype: Annotated[Optional[str], typer.Option(help="PaDiM/SPADE: float32 | float16 store.")] = None,
-    bank: Annotated[Optional[str], typer.Option(help="PatchCore bank: faiss | npz [default: the method's; faiss for PatchCore].")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Keep data, model and bundle here (then run `adx bench OUT/bundle`).")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write every figure here.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    json_out: JsonOut = None,
+    quiet: Quiet = False,
 ) -> None:
-    """Time fit and export phases on generated data: imports, backbone, features, coreset, calibration, export."""
+    """Time fit and export phases on generated data: imports, backbone, features, coreset, calibration, export.
+
+    Method options as for `adx train` (--set KEY=VALUE and the shortcut flags); export options as for `adx export`.
+    """
     require("bench-fit")
     t0 = time.perf_counter()
     import timm  # noqa: F401, PLC0415  (timed here so "imports" holds all of the training stack's)
@@ -715,14 +677,15 @@ def bench_fit_cmd(
     from adexport.bench import bench_fit, format_fit_report  # noqa: PLC0415
 
     import_seconds = time.perf_counter() - t0
-    options = {"image_size": image_size, "backbone": backbone, "weights": weights, "coreset_ratio": coreset_ratio,
-               "n_features": n_features, "store_dtype": store_dtype}
-    result = bench_fit(method=method, options=options, n_train=n_train, data_size=data_size, out=out, bank=bank,
+    name = _method_name(method)
+    shortcuts = _shortcuts(backbone=backbone, weights=weights, layers=layers, image_size=image_size, epochs=epochs,
+                           seed=seed)
+    result = bench_fit(method=name, options=_method_options(name, shortcuts, set_), n_train=n_train,
+                       data_size=data_size, out=out, export_options=export_options,
                        import_seconds=import_seconds, progress=_progress(quiet))
     typer.echo(format_fit_report(result))
     if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        _write_json(json_out, result)
 
 
 # ----------------------------------------------------------------------------------------- demo
@@ -731,29 +694,21 @@ def bench_fit_cmd(
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for data, models, bundles and heatmaps.")] = Path("demo_out"),
     categories: Annotated[Optional[str], typer.Option(help="Comma-separated demo categories; default: all.")] = None,
-    method: Annotated[str, typer.Option("--method", "-m", help="Method; `adx methods` lists them.")] = "patchcore",
-    set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="KEY=VALUE for any method option, repeatable.")] = None,
+    method: Method = None,
+    set_: SetOptions = None,
     n_train: Annotated[int, typer.Option(help="Normal training images per category.")] = 60,
     image_size: Annotated[int, typer.Option(help="Side of the generated images.")] = 160,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Run the whole job on the built-in demo dataset: generate, train, export, infer, evaluate."""
     require("demo")
     from adexport.demo import format_demo, run_demo  # noqa: PLC0415
 
     cats = [c.strip() for c in categories.split(",")] if categories else None
-    results = run_demo(out, cats, method=method, options=_demo_options(set_ or [], method), n_train=n_train,
+    name = _method_name(method)
+    results = run_demo(out, cats, method=name, options=_method_options(name, {}, set_) or None, n_train=n_train,
                        image_size=image_size, progress=_progress(quiet))
     typer.echo(format_demo(results, out))
-
-
-def _demo_options(assignments: list[str], method: str) -> dict[str, Any] | None:
-    if not assignments:
-        return None
-    from adexport.methods import get_method  # noqa: PLC0415
-    from adexport.methods.options import parse_assignments  # noqa: PLC0415
-
-    return parse_assignments(get_method(method).config_cls, assignments)
 
 
 class AdxCommand(TyperCommand):

@@ -1,8 +1,9 @@
 """``Predictor.load(bundle)`` then ``predict(images)``: the torch-free scoring path.
 
-image files -> decode + preprocess -> ONNX Runtime graph -> scorer (picked by the manifest's
-scoring kind) -> post-processing (the manifest's ``postprocess`` section: upsample, smoothing,
-image-score rule) -> raw and normalised scores and maps, labels from the threshold.
+image files -> decode + preprocess -> graph runner (:mod:`adx_runtime.runners`: ONNX Runtime on
+the CPU, CUDA or TensorRT) -> scorer (picked by the manifest's scoring kind) -> post-processing
+(the manifest's ``postprocess`` section: upsample, smoothing, image-score rule) -> raw and
+normalised scores and maps, labels from the threshold.
 
 Maps are optional: a method that scores whole images only has ``anomaly_maps = None``.
 Maps come at the model's input size; :func:`adx_runtime.preprocess.map_to_original` brings one
@@ -24,13 +25,13 @@ from PIL import Image
 from threadpoolctl import ThreadpoolController
 
 from adx_runtime import calibration
-from adx_runtime.bundle import bundle_file, bundle_folder, load_manifest
+from adx_runtime.bundle import load_manifest
 from adx_runtime.errors import BundleError, ConfigError, ImageDecodeError
 from adx_runtime.images import decode_image
 from adx_runtime.postprocess import MapPostprocessor, PostprocessSpec, image_scores_from_maps
 from adx_runtime.preprocess import PreprocessConfig, preprocess_image, stack
+from adx_runtime.runners import GraphRunner, open_runner, require_device
 from adx_runtime.scorers import create_scorer
-from adx_runtime.sessions import create_session, require_provider
 
 STAGES = ("preprocess", "graph", "scoring", "postprocess")
 
@@ -82,11 +83,12 @@ class StageTimer:
 class Predictor:
     """Scores images from a bundle. Build with :meth:`load`."""
 
-    def __init__(self, bundle_dir: Path, manifest: dict[str, Any], session: Any, scorer: Any,
+    def __init__(self, bundle_dir: Path, manifest: dict[str, Any], runner: GraphRunner | None, scorer: Any,
                  threshold: float | None, device: str):
         self.bundle_dir = bundle_dir
         self.manifest = manifest
-        self.session = session
+        #: runs the graph (None: opened with ``graph=False``, for outputs computed elsewhere)
+        self.runner = runner
         self.scorer = scorer
         self.device = device
         self.preprocess = PreprocessConfig.from_dict(manifest["input"])
@@ -131,9 +133,11 @@ class Predictor:
         """Verify and open a bundle.
 
         Args:
-            graph: open the ONNX graph too; ``False`` gives a scorer-only predictor
-                (:meth:`score_outputs`), as Triton's scorer model uses it while the graph runs elsewhere.
-            device: ONNX Runtime provider: ``cpu``, ``cuda`` or ``tensorrt``; refused if unavailable.
+            graph: open the graph too; ``False`` gives a scorer-only predictor (:meth:`score_outputs`),
+                as Triton's scorer model uses it while the graph runs elsewhere.
+            device: the runtime target that runs the graph, a row of
+                :data:`adx_runtime.runners.RUNNERS` (ONNX Runtime's ``cpu``, ``cuda`` or ``tensorrt``
+                provider); refused if this machine cannot run it.
             bank_device: where FAISS searches: ``cpu``, ``cuda`` or ``auto`` (``cuda`` when the graph
                 runs on a GPU and FAISS has GPU support, else ``cpu``).
             threshold: raw image threshold overriding the calibrated one; must be a finite number.
@@ -146,19 +150,14 @@ class Predictor:
         if threshold is not None and not math.isfinite(threshold):
             raise ConfigError(f"--threshold must be a finite number, got {threshold}; give a raw image-score threshold "
                               "such as the one `adx calibrate` prints, or leave it out to use the bundle's")
-        require_provider(device)
+        runner_cls = require_device(device)  # before the bundle is read: a missing provider is the first error
         manifest = load_manifest(root, verify=True, export_in_progress=export_in_progress)
         if bank_device == "auto":
-            bank_device = "cuda" if device != "cpu" and _faiss_has_gpu() else "cpu"
+            bank_device = "cuda" if runner_cls.uses_gpu(device) and _faiss_has_gpu() else "cpu"
         try:
-            session = None
-            if graph:
-                trt_options = _tensorrt_options(root, manifest) if device == "tensorrt" else None
-                graph_path = bundle_file(root, manifest, manifest["graph"]["file"], what="graph.file")
-                session = create_session(graph_path, device, threads=threads, trt_options=trt_options)
-                check_graph_signature(session, manifest, root)
+            runner = open_runner(root, manifest, device, threads=threads) if graph else None
             scorer = create_scorer(root, manifest, bank_device, search_params)
-            return cls(root, manifest, session, scorer, threshold, device)
+            return cls(root, manifest, runner, scorer, threshold, device)
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             # The types the runtime reads are checked in read_manifest; this is the net under that
             # check, so a manifest malformed in a way it does not foresee is still one line.
@@ -168,7 +167,8 @@ class Predictor:
     # ------------------------------------------------------------------ describe
     @property
     def providers(self) -> list[str]:
-        return list(self.session.get_providers()) if self.session is not None else []
+        """What runs the graph, most preferred first (ONNX Runtime's provider names); [] without a graph."""
+        return list(self.runner.providers) if self.runner is not None else []
 
     @property
     def method(self) -> str:
@@ -210,16 +210,16 @@ class Predictor:
         expected = (self.preprocess.channels, *self.preprocess.input_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ConfigError(f"input must be (B, {', '.join(map(str, expected))}), got {x.shape}")
-        if self.session is None:
+        if self.runner is None:
             raise ConfigError("this predictor was opened without its graph (graph=False); it scores graph outputs "
                               "only (score_outputs)")
         parts = [x[i : i + self.max_batch] for i in range(0, len(x), self.max_batch)] if self.max_batch else [x]
         preds = []
         for part in parts:
             t0 = time.perf_counter()
-            values = self.session.run(self.output_names, {self.input_name: part})
+            outputs = self.runner.run(part)
             self.timer.add("graph", time.perf_counter() - t0)
-            preds.append(self.score_outputs(dict(zip(self.output_names, values))))
+            preds.append(self.score_outputs(outputs))
         if len(preds) == 1:
             return preds[0]
         maps = [p.anomaly_maps for p in preds if p.anomaly_maps is not None]
@@ -312,8 +312,8 @@ class Predictor:
 
         ``decode_ahead``: files decoded in a background thread while the current batch is scored
         (``None``: the predictor's ``decode_ahead``, by default one batch ahead; 0: decode on the
-        calling thread). Measured on PaDiM at batch 1 on this 2-core CPU: 48 images/s decoding on
-        the calling thread, 54-56 with one or two files decoded ahead."""
+        calling thread). Measured on PaDiM at batch 1 on a 2-core CPU: 48 images/s decoding on the
+        calling thread, 54-56 with one or two files decoded ahead."""
         if batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {batch_size}")
         if decode_ahead is None:
@@ -357,36 +357,6 @@ class Predictor:
             yield from flush()
 
 
-def check_graph_signature(session: Any, manifest: dict[str, Any], root: Path) -> None:
-    """The graph's input and output names and static sizes must be what the manifest says (and the
-    input what the input contract says), checked when the bundle is opened, not at the first batch."""
-    graph = manifest["graph"]
-    pre = manifest["input"]
-    size = pre.get("input_size") or pre.get("center_crop") or pre.get("resize")
-
-    def dims(shape: Any) -> list[Any]:
-        return [d if isinstance(d, int) and not isinstance(d, bool) else None for d in shape]
-
-    problems = []
-    for kind, declared, actual in (("input", graph["inputs"], session.get_inputs()),
-                                   ("output", graph["outputs"], session.get_outputs())):
-        want = [(d["name"], dims(d["shape"])) for d in declared]
-        got = [(a.name, dims(a.shape)) for a in actual]
-        if [n for n, _ in want] != [n for n, _ in got]:
-            problems.append(f"{kind} names {[n for n, _ in got]} in the graph, {[n for n, _ in want]} in the manifest")
-            continue
-        for (name, w), (_, g) in zip(want, got):
-            fixed = [(a, b) for a, b in zip(w, g) if a is not None and b is not None]
-            if len(w) != len(g) or any(a != b for a, b in fixed):
-                problems.append(f"{kind} {name!r} has shape {g} in the graph, {w} in the manifest")
-    first = dims(graph["inputs"][0]["shape"])
-    if size is not None and len(first) == 4 and first[2:] != [None, None] and first[2:] != [int(v) for v in size]:
-        problems.append(f"input {graph['inputs'][0]['name']!r} is {first[2:]} but the input contract says {list(size)}")
-    if problems:
-        raise BundleError(f"the graph of bundle {str(root)!r} does not match its manifest: {'; '.join(problems)}. "
-                          "The graph and manifest do not belong together; re-export the bundle.")
-
-
 def _faiss_has_gpu() -> bool:
     try:
         import faiss  # noqa: PLC0415 - optional, only to decide 'auto'
@@ -394,37 +364,3 @@ def _faiss_has_gpu() -> bool:
         return False
     return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
 
-
-def _tensorrt_options(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Provider options that point ONNX Runtime's TensorRT provider at the bundle's engines."""
-    trt = manifest.get("tensorrt")
-    if not trt:
-        raise BundleError(
-            f"bundle {str(root)!r} has no TensorRT section; build its engine first with "
-            "`adx export MODEL --format tensorrt` on the target GPU, or use --device cuda"
-        )
-    engine_dir = bundle_folder(root, trt["engine_dir"], what="tensorrt.engine_dir")
-    # ONNX Runtime reads whatever engine in that folder matches the prefix: every file there must
-    # be one export listed (and so checksummed), not one dropped in or rebuilt afterwards.
-    for path in sorted(engine_dir.iterdir()):
-        name = f"{trt['engine_dir'].rstrip('/')}/{path.name}"
-        if not any(e["path"] == name for e in manifest["files"]):
-            raise BundleError(
-                f"bundle {str(root)!r}: {name!r} is in the TensorRT engine folder but not listed in the manifest's "
-                "files, so it is unverified (written after export, e.g. an engine rebuilt for another GPU or "
-                "TensorRT). Remove it, or re-export with --format tensorrt on this machine."
-            )
-        bundle_file(root, manifest, name, what="TensorRT engine")
-    return tensorrt_provider_options(engine_dir, trt["profile"], fp16=bool(trt.get("fp16")), prefix=trt["engine_prefix"])
-
-
-def tensorrt_provider_options(engine_dir: Path, profile: dict[str, str], *, fp16: bool, prefix: str) -> dict[str, Any]:
-    return {
-        "trt_engine_cache_enable": True,
-        "trt_engine_cache_path": str(engine_dir),
-        "trt_engine_cache_prefix": prefix,
-        "trt_fp16_enable": fp16,
-        "trt_profile_min_shapes": profile["min"],
-        "trt_profile_opt_shapes": profile["opt"],
-        "trt_profile_max_shapes": profile["max"],
-    }

@@ -2,7 +2,8 @@
 
 ONNX Runtime silently falls back to the CPU when a GPU provider fails to load (missing CUDA
 libraries, no GPU). adexport refuses instead: the provider that actually runs the first node
-must be the one requested.
+must be the one requested. The rest of the runtime reaches these sessions only through
+:class:`adx_runtime.runners.OnnxRuntimeRunner`.
 """
 
 from __future__ import annotations
@@ -128,3 +129,18 @@ def create_session(
             "a device you did not ask for."
         )
     return session
+
+
+def tensorrt_provider_options(engine_dir: str | Path, profile: dict[str, str], *, fp16: bool,
+                              prefix: str) -> dict[str, Any]:
+    """Options of ONNX Runtime's TensorRT provider that build (at export) and read (at load) the
+    engines cached in ``engine_dir`` under ``prefix``, for the shape ``profile`` (min/opt/max)."""
+    return {
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(engine_dir),
+        "trt_engine_cache_prefix": prefix,
+        "trt_fp16_enable": fp16,
+        "trt_profile_min_shapes": profile["min"],
+        "trt_profile_opt_shapes": profile["opt"],
+        "trt_profile_max_shapes": profile["max"],
+    }

@@ -1,8 +1,8 @@
 """Triton Python-backend models that run adx_runtime's own code (see :mod:`adx_runtime.triton_repo`).
 
 - :class:`DecodeModel`: encoded image bytes -> :func:`decode_image` + :func:`preprocess_image`;
-- :class:`GraphModel`: the ONNX graph through :func:`create_session` (``adx serve``, where the
-  server has no onnxruntime backend);
+- :class:`GraphModel`: the bundle's graph through the runtime's own graph runner
+  (:func:`adx_runtime.runners.open_runner`; ``adx serve``, where the server has no onnxruntime backend);
 - :class:`ScoreModel`: graph outputs -> :meth:`Predictor.score_outputs` (scorer, post-processing,
   calibration) on a bundle loaded with checksum verification.
 
@@ -114,22 +114,19 @@ class DecodeModel(_Model):
 
 
 class GraphModel(_Model):
-    """The bundle's ONNX graph with ONNX Runtime's CPU provider, the batch of all queued requests at once."""
+    """The bundle's graph on the runtime's ``cpu`` runner (ONNX Runtime's CPU provider), the batch of
+    all queued requests at once."""
 
     def initialize(self, args: dict[str, Any]) -> None:
         super().initialize(args)
-        from adx_runtime.sessions import create_session  # noqa: PLC0415
+        from adx_runtime.runners import open_runner  # noqa: PLC0415
 
         root, manifest = self._bundle()
-        graph = manifest["graph"]
-        self.input_name = graph["inputs"][0]["name"]
-        self.output_names = [o["name"] for o in graph["outputs"]]
-        self.session = create_session(root / graph["file"], "cpu", threads=int(self.params.get("adx_threads", "0")))
+        self.runner = open_runner(root, manifest, "cpu", threads=int(self.params.get("adx_threads", "0")))
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        x, sizes = self._inputs(requests, self.input_name)
-        values = self.session.run(self.output_names, {self.input_name: x})
-        return self._responses(requests, sizes, dict(zip(self.output_names, values)))
+        x, sizes = self._inputs(requests, self.runner.input_name)
+        return self._responses(requests, sizes, self.runner.run(x))
 
 
 class ScoreModel(_Model):
