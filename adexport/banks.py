@@ -1,10 +1,11 @@
-"""FAISS memory banks at export, written once for every method that searches one (PatchCore's
-coreset, SPADE's image gallery).
+"""Memory banks at export, written once for every method that searches one (PatchCore's coreset,
+SPADE's image gallery); the section each returns is :data:`adx_runtime.kinds.bank.BANK_SCHEMA`.
 
 - :func:`write_faiss_bank`: build the index the user named (a FAISS factory string: ``Flat``,
   ``SQ8``, ``IVF64,Flat``, ``IVF64,PQ38``, ``HNSW32``, ...), optionally split into shards that the
   runtime searches as one ``IndexShards``, with search parameters (``nprobe``, ``efSearch``)
   recorded as the runtime's defaults;
+- :func:`write_npz_bank`: the vectors in an ``.npz``, searched exactly with numpy (``--bank npz``);
 - :func:`measure_approximation`: an approximate index against exact search on held-out normal
   queries (recall@1 and the relative error of the nearest-neighbour distance); above the
   tolerance the export is refused unless the user accepts it.
@@ -124,6 +125,17 @@ def write_faiss_bank(bundle_dir: Path, stem: str, vectors: np.ndarray, *, index_
     else:
         section["shards"] = [{"file": n, "offset": int(a), "size": int(b - a)} for n, a, b in zip(names, bounds[:-1], bounds[1:])]
     return section, files
+
+
+def write_npz_bank(bundle_dir: Path, stem: str, vectors: np.ndarray) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Write ``stem.npz`` (array ``memory_bank``), searched exactly with numpy by the runtime;
+    returns the manifest's bank section and the ``files`` entries, as :func:`write_faiss_bank`."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    M, D = vectors.shape
+    name = f"{stem}.npz"
+    np.savez(bundle_dir / name, memory_bank=vectors)
+    section = {"file": name, "format": "npz", "index_type": "numpy-exact", "size": M, "dim": D, "exact": True}
+    return section, [file_entry(bundle_dir, name, "npz", arrays={"memory_bank": {"shape": [M, D], "dtype": "float32"}})]
 
 
 def _shards_for_measure(faiss: Any, dim: int, parts: list[Any]) -> Any:

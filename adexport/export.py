@@ -27,16 +27,17 @@ from adx_runtime.export_options import given_export_options
 from adexport.fitted import load_fitted
 from adexport.methods.base import (EXPORT_OPTIONS, TOLERANCE_EXACT, TOLERANCE_FP16, TOLERANCE_INT8, FittedMethod,
                                    config_to_dict)
-from adexport.quantize import DEFAULT_CALIBRATION_IMAGES, QUANTIZE, calibration_subset, quantize_int8
+from adexport.quantize import DEFAULT_QUANTIZE_IMAGES, QUANTIZE, quantize_image_subset, quantize_int8
 from adx_runtime import __version__
 from adx_runtime.bundle import (BUNDLE_FORMAT, MANIFEST, SCHEMA_VERSION, atomic_dir, check_replaceable, file_entry,
                                 integrity_section, load_manifest, write_json_atomic)
 from adx_runtime.datasets import load_split
-from adx_runtime.errors import AdxError, ConfigError, ExportError, ProviderError
+from adx_runtime.errors import AdxError, BundleError, ConfigError, ExportError, ProviderError
 from adx_runtime.predictor import Predictor
 from adx_runtime.preprocess import load_image, stack
 from adx_runtime.progress import SILENT, Progress
-from adx_runtime.scorers import SEARCHING_KINDS, check_ef_search_covers_k
+from adx_runtime.kinds import SECTIONS, ScoringSection, parse_scoring
+from adx_runtime.scorers import check_ef_search_covers_k
 from adx_runtime.runners import OnnxRuntimeRunner
 from adx_runtime.sessions import available_devices, tensorrt_provider_options
 
@@ -169,44 +170,37 @@ def export_bundle(
     out: str | Path,
     *,
     fmt: str = "onnx",
-    bank: str | None = None,
-    index_type: str | None = None,
     opset: int = DEFAULT_OPSET,
     parity_images: Sequence[str | Path] | None = None,
     tolerance: dict[str, float] | None = None,
     max_batch: int = 16,
     fp16: bool = False,
     quantize: str | None = None,
-    calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
-    search_params: dict[str, float] | None = None,
-    shards: int | None = None,
-    accept_approximate: bool | None = None,
+    quantize_images: int = DEFAULT_QUANTIZE_IMAGES,
     overwrite: bool = False,
     static_padding: bool = True,
     progress: Progress = SILENT,
+    **export_options: Any,
 ) -> dict[str, Any]:
     """Write a bundle; returns its manifest.
 
     Args:
         model: a fitted method or the folder ``adx train`` wrote.
         fmt: ``onnx``, or ``tensorrt`` (the ONNX bundle plus a TensorRT engine built on this GPU).
-        bank: ``faiss`` (index file) or ``npz`` (numpy brute force in the runtime); methods with a
-            memory bank only (``None``: the method's default).
-        index_type: FAISS index factory string, e.g. ``Flat``, ``HNSW32``, ``IVF64,Flat``; methods
-            with a memory bank only.
         tolerance: parity tolerances (``features``, ``image_scores``, ``maps``) overriding, key by key,
             the ones this export would use (the method's, loosened for int8 and fp16); a key not
             given keeps that default. ``adx export --parity-tolerance T`` sets ``image_scores`` and
             ``maps``.
         max_batch: largest batch the TensorRT engine's shape profile accepts.
-        quantize: ``int8``: a statically quantized graph (QDQ, per-channel weights) calibrated on
-            ``calibration_images`` training images; refused by methods that declare int8 unsafe.
-        search_params: FAISS search parameters of an approximate index (``nprobe``, ``efSearch``),
-            recorded in the manifest as the defaults the runtime uses.
-        shards: split the bank into this many FAISS index files searched as one (``IndexShards``).
-        accept_approximate: write the bundle even when the approximate index misses its recall or
-            distance tolerance against exact search (measured at export on held-out patches).
+        quantize: ``int8``: a statically quantized graph (QDQ, per-channel weights), its activation
+            ranges measured on ``quantize_images`` training images; refused by methods that declare
+            int8 unsafe.
         static_padding: see :func:`export_onnx` (``False`` only to benchmark the earlier graphs).
+        export_options: the method export options, one keyword per row of
+            :data:`adx_runtime.export_options.METHOD_EXPORT_OPTIONS` (``bank``, ``index_type``,
+            ``search_params``, ``shards``, ``accept_approximate``; ``None`` = not given), so a new
+            option is one row there and the method that reads it. A keyword the table lacks is a
+            ``TypeError``; one the method does not honour is refused by its flag.
     """
     if fmt not in FORMATS:
         raise ConfigError(f"export format {fmt!r} is not known; valid: {', '.join(FORMATS)}")
@@ -216,12 +210,12 @@ def export_bundle(
         raise ConfigError(f"--fp16 applies to {fp16_targets}; the ONNX graph is exported in float32")
     if quantize is not None and quantize not in QUANTIZE:
         raise ConfigError(f"--quantize {quantize!r} is not known; valid: {', '.join(QUANTIZE)} (or leave it out for float32)")
-    if calibration_images < 1:
-        raise ConfigError(f"--calibration-images must be >= 1, got {calibration_images}")
+    if quantize_images < 1:
+        raise ConfigError(f"--quantize-images must be >= 1, got {quantize_images}")
     user_tolerance = _checked_tolerance(tolerance)
     fitted = model if isinstance(model, FittedMethod) else load_fitted(model)
-    options = given_export_options(bank=bank, index_type=index_type, search_params=search_params, shards=shards,
-                                   accept_approximate=accept_approximate)
+    options = given_export_options(**export_options)
+    search_params = options.get("search_params")
     props = fitted.export_properties(**options)
     refused = sorted(set(options) - props.options)
     if refused:
@@ -245,8 +239,8 @@ def export_bundle(
         quantization = None
         tq = time.perf_counter()
         if quantize == "int8":
-            calib = calibration_subset(_training_images(fitted), calibration_images)
-            with progress.task(f"Quantizing the graph to int8 (calibration on {len(calib)} training images)", None), \
+            calib = quantize_image_subset(_training_images(fitted), quantize_images)
+            with progress.task(f"Quantizing the graph to int8 (activation ranges from {len(calib)} training images)", None), \
                     tempfile.TemporaryDirectory(prefix="adx-export-") as scratch:
                 float_graph = Path(scratch) / "float32.onnx"
                 (tmp / GRAPH_FILE).replace(float_graph)
@@ -256,9 +250,8 @@ def export_bundle(
         t1 = time.perf_counter()
         with progress.task("Writing scoring data", None):
             scoring, files = fitted.write_scoring_data(tmp, **options)
-        if fitted.scoring_kind in SEARCHING_KINDS:  # refused here as --search-param, not later as the bundle's value
-            check_ef_search_covers_k({"method": fitted.name, "scoring": {"kind": fitted.scoring_kind, **scoring}},
-                                     search_params)
+        section = _scoring_section(fitted, scoring)
+        check_ef_search_covers_k(section, fitted.name, search_params)  # refused as --search-param, not later
         seconds.update(onnx_export=tq - t0, scoring_data=time.perf_counter() - t1)
         manifest: dict[str, Any] = {
             "format": BUNDLE_FORMAT,
@@ -270,7 +263,7 @@ def export_bundle(
             "graph": graph,
             "files": [file_entry(tmp, GRAPH_FILE, "onnx-graph", opset=opset, **({"precision": "int8"} if quantization else {})),
                       *files],
-            "scoring": {"kind": fitted.scoring_kind, **scoring},
+            "scoring": section.to_dict(),
             "postprocess": fitted.postprocess().to_dict(),
             "calibration": fitted.calibration,
             "method_config": config_to_dict(fitted.config),
@@ -314,6 +307,19 @@ def export_bundle(
             manifest["export_notes"] = [_carry_calibration(previous, manifest, Path(out))]
         _write_manifest(tmp, manifest)
     return manifest
+
+
+def _scoring_section(fitted: FittedMethod, scoring: dict[str, Any]) -> ScoringSection:
+    """The method's ``scoring`` section, checked by its kind's typed section as the runtime will
+    check it on load: a writer that leaves out a field its scorer reads fails here, naming it."""
+    kind = fitted.scoring_kind
+    if kind not in SECTIONS:
+        raise ExportError(f"{fitted.name} scores with kind {kind!r}, which the runtime does not know "
+                          f"(known: {', '.join(SECTIONS)}); add it to adx_runtime.kinds and adx_runtime.scorers")
+    try:
+        return SECTIONS[kind].build(**scoring)
+    except BundleError as exc:
+        raise ExportError(f"{fitted.name} wrote a scoring section the runtime would refuse: {exc}") from None
 
 
 def _previous_calibration(out: Path) -> dict[str, Any] | None:
@@ -375,12 +381,12 @@ def _write_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> None:
 
 
 def _training_images(fitted: FittedMethod) -> list[Path]:
-    """The training images (``train/good``) recorded at fit time, for int8 calibration."""
+    """The training images (``train/good``) recorded at fit time, for the int8 activation ranges."""
     root, category = fitted.dataset.get("root"), fitted.dataset.get("category")
     try:
         split = load_split(root, category, need_test=False)
     except AdxError as exc:  # the dataset moved or changed: say what was looked for
-        raise ExportError(f"int8 calibration needs the training images of {root!r} (category {category!r}), "
+        raise ExportError(f"int8 activation ranges need the training images of {root!r} (category {category!r}), "
                           f"which could not be read ({exc}); restore the dataset there or export without --quantize") from None
     return [s.path for s in split.train]
 
@@ -415,7 +421,7 @@ def _refuse_if_failed(parity: dict[str, Any], where: str, user_set: Collection[s
             source = default.get(precision, "this method's default")
         parts.append(f"{k} {parity['errors'][k]['max_rel']:.3g} > tolerance {tol:.3g} ({source})")
     if "features" in parity["failed"]:
-        how = {"int8": "more --calibration-images, or export without --quantize",
+        how = {"int8": "more --quantize-images, or export without --quantize",
                "fp16": "export the engine without --fp16"}.get(
             precision, "the graph does not reproduce the model: try another --opset, or report it")
         fixes.append(f"features (the graph's raw outputs): --parity-tolerance does not change this tolerance ({how}"
@@ -425,7 +431,7 @@ def _refuse_if_failed(parity: dict[str, Any], where: str, user_set: Collection[s
         verb = "a looser --parity-tolerance" if set(scores) & user_set else "--parity-tolerance T"
         fixes.append(f"{' and '.join(scores)}: pass {verb} (it sets the image_scores and maps tolerance; an approximate "
                      "FAISS index, an int8 graph or fp16 may need one"
-                     + (", or more --calibration-images" if precision == "int8" else "") + ")")
+                     + (", or more --quantize-images" if precision == "int8" else "") + ")")
     raise ExportError(
         f"parity check failed on {where}: the exported bundle scores differently from the trained model "
         f"(relative max error over {parity['n_images']} images): {'; '.join(parts)}. No bundle was written. "
@@ -554,11 +560,11 @@ def format_export_summary(manifest: dict[str, Any], out: str | Path) -> str:
     if "quantization" in manifest:
         q = manifest["quantization"]
         lines.append(f"int8 graph ({q['format']}): " + ", ".join(f"{n} {t}" for t, n in q["op_types_quantized"].items())
-                     + f" quantized, calibrated on {q['calibration']['images']} training images; "
+                     + f" quantized, activation ranges from {q['calibration']['images']} training images; "
                      + f"{sum(q['op_types_in_float'].values())} other ops in float32")
-    s = manifest["scoring"]
-    for label, bank in (("bank", s.get("bank")), ("image gallery", (s.get("gallery") or {}).get("images_bank"))):
-        if bank and "approximation" in bank:
+    for index in parse_scoring(manifest["scoring"], manifest.get("method")).searched_indexes():
+        label, bank = index.label, index.bank
+        if "approximation" in bank:
             a = bank["approximation"]
             params = " ".join(f"{k}={v}" for k, v in (bank.get("search_params") or {}).items())
             lines.append(f"approximate {label} {bank['index_type']}{' ' + params if params else ''}: recall@1 "

@@ -62,7 +62,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def fitted(dataset: Path):
-    from adexport.train import train
+    from adexport.fit_pipeline import train
 
     return train(dataset, CATEGORY, "patchcore", options=TINY, holdout=0.25)
 
@@ -111,9 +111,45 @@ def list_test_images(dataset: Path) -> list[Path]:
 def padim_bundle(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny PaDiM bundle (the ``gaussian`` scoring kind), next to the PatchCore one (``knn``)."""
     from adexport.export import export_bundle
-    from adexport.train import train
+    from adexport.fit_pipeline import train
 
     fitted = train(dataset, CATEGORY, "padim", options={**TINY, "n_features": 40}, holdout=0.25)
     out = tmp_path_factory.mktemp("bundles") / "padim"
     export_bundle(fitted, out)
     return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def written_manifests_meet_the_schema():
+    """Every finished manifest that ``export_bundle`` writes in this test process is validated
+    against the shipped ``manifest.schema.json`` (with the ``jsonschema`` package of the ``dev``
+    extra; without it nothing is checked), so the schema is tested on every bundle the suite
+    writes, of every method and option. The manifest written before the parity check is not yet a
+    bundle and is not checked; hand-edited manifests are the tests' own business."""
+    try:
+        import jsonschema
+    except ImportError:
+        yield
+        return
+    import json
+    from importlib import resources
+
+    import adexport.export as export_mod
+    from adx_runtime.bundle import MANIFEST
+
+    schema = json.loads(resources.files("adx_runtime.bundle").joinpath("manifest.schema.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    original = export_mod._write_manifest
+
+    def checked(bundle_dir: Path, manifest: dict) -> None:
+        original(bundle_dir, manifest)
+        if isinstance(manifest.get("parity"), dict):
+            written = json.loads((Path(bundle_dir) / MANIFEST).read_text())
+            error = jsonschema.exceptions.best_match(validator.iter_errors(written))
+            if error is not None:
+                raise AssertionError(f"manifest written for {manifest.get('method')} does not meet "
+                                     f"manifest.schema.json at {error.json_path}: {error.message}")
+
+    export_mod._write_manifest = checked
+    yield
+    export_mod._write_manifest = original

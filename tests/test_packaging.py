@@ -65,6 +65,7 @@ def test_the_wheel_installs_only_adexport_adx_runtime_adx_synth_and_adx_cli(tmp_
         "adexport", "adx_runtime", "adx_synth", "adx_cli"}
     assert "adx_synth/digits.py" in names
     assert "adx_runtime/scorers/knn.py" in names and "adx_cli/app.py" in names
+    assert "adx_runtime/bundle/manifest.schema.json" in names  # package data: the manifest's JSON Schema
     # Every package folder of the source tree is in the wheel: a sub-package missing from
     # pyproject's list would install without its modules, and importing it would fail there only.
     for source, package in (("adexport", "adexport"), ("deploy/adx_runtime", "adx_runtime"),

@@ -81,7 +81,8 @@ def mahalanobis(embedding: torch.Tensor, mean: torch.Tensor, chol: torch.Tensor,
 def write_gaussian(bundle_dir: Path, mean: torch.Tensor, chol: torch.Tensor, store_dtype: str = "float32",
                    **details: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """Write ``gaussian.npz`` (mean float32, packed ``L`` in ``store_dtype``); returns the scoring
-    section's ``gaussian`` entry (with ``details`` such as the estimator) and the ``files`` entry."""
+    section's ``gaussian`` entry (with ``details`` such as the estimator) and the ``files`` entry.
+    The kind's writer: what it returns is declared by :class:`adx_runtime.kinds.GaussianSection`."""
     dtype = np.dtype(store_dtype)
     P, d = mean.shape
     rows, cols = np.tril_indices(d)

@@ -23,14 +23,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from adexport.backbones import DEFAULT_BACKBONE, BackboneInfo, FeatureExtractor, build_architecture
-from adexport.banks import write_faiss_bank
+from adexport.banks import write_faiss_bank, write_npz_bank
 from adexport.coreset import greedy_coreset
 from adexport.methods.base import (TOLERANCE_APPROXIMATE_INDEX, TOLERANCE_EXACT, ExportProperties, FittedMethod, Reference,
                                    backbone_and_preprocess, config_from_dict, graph_tensors, load_graph_tensors,
                                    run_graph)
-from adexport.methods.common import channel_pool_matrix, nearest
+from adexport.methods.feature_pooling import channel_pool_matrix
+from adexport.methods.reference_scoring import nearest
 from adexport.methods.fit_report import PhaseClock, record_fit
-from adx_runtime.bundle import file_entry
 from adx_runtime.datasets import Sample
 from adexport.methods.options import check_options
 from adx_runtime.errors import ConfigError
@@ -154,7 +154,7 @@ class FittedPatchCore(FittedMethod):
                            search_params: dict[str, float] | None = None, shards: int | None = None,
                            accept_approximate: bool = False, **_: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         vectors = np.ascontiguousarray(self.memory_bank.numpy(), dtype=np.float32)
-        M, D = vectors.shape
+        D = vectors.shape[1]
         if bank == "faiss":
             queries = None
             if not is_exact_index_type(index_type):  # held-out normal patches to measure the index on
@@ -168,10 +168,7 @@ class FittedPatchCore(FittedMethod):
             if search_params or shards or not is_exact_index_type(index_type):
                 raise ConfigError("--index-type, --search-param and --shards apply to the FAISS bank; the npz bank is "
                                   "searched exactly with numpy: drop them or use --bank faiss")
-            name = "memory_bank.npz"
-            np.savez(bundle_dir / name, memory_bank=vectors)
-            section = {"file": name, "format": "npz", "index_type": "numpy-exact", "size": M, "dim": D, "exact": True}
-            files = [file_entry(bundle_dir, name, "npz", arrays={"memory_bank": {"shape": [M, D], "dtype": "float32"}})]
+            section, files = write_npz_bank(bundle_dir, "memory_bank", vectors)
         else:
             raise ConfigError(f"bank format {bank!r} is not known; valid: faiss, npz")
         scoring = {
@@ -195,7 +192,7 @@ class FittedPatchCore(FittedMethod):
 
 
 @torch.no_grad()
-def fit(config: PatchCoreConfig, samples: Sequence[Sample], *, device: str = "cpu", batch_size: int = 8,
+def fit(config: PatchCoreConfig, samples: Sequence[Sample], *, device: str = "cpu", feature_batch_size: int = 8,
         progress: Progress = SILENT) -> FittedPatchCore:
     """Fit PatchCore on normal images: features -> coreset -> memory bank."""
     clock = PhaseClock()
@@ -203,7 +200,7 @@ def fit(config: PatchCoreConfig, samples: Sequence[Sample], *, device: str = "cp
     projection = projection_matrix(list(extractor.info.channels), config.target_dim)
     graph = PatchCoreGraph(extractor, preprocess.input_size, projection).eval()
     clock.lap("backbone_setup")
-    outputs, skipped = run_graph(graph, samples, preprocess, batch_size=batch_size, device=device, progress=progress)
+    outputs, skipped = run_graph(graph, samples, preprocess, batch_size=feature_batch_size, device=device, progress=progress)
     features = np.concatenate([o.reshape(-1, graph.feature_dim).numpy() for o in outputs])
     clock.lap("feature_extraction")
 

@@ -221,14 +221,14 @@ class FittedSpade(FittedMethod):
 
 
 @torch.no_grad()
-def fit(config: SpadeConfig, samples: Sequence[Sample], *, device: str = "cpu", batch_size: int = 8,
+def fit(config: SpadeConfig, samples: Sequence[Sample], *, device: str = "cpu", feature_batch_size: int = 8,
         progress: Progress = SILENT) -> FittedSpade:
     """Collect the gallery: image features and feature maps of the normal images."""
     clock = PhaseClock()
     extractor, preprocess = backbone_and_preprocess(config)
     graph = SpadeGraph(extractor, preprocess.input_size, config.map_stride).eval()
     clock.lap("backbone_setup")
-    outputs, skipped = run_graph(graph, samples, preprocess, batch_size=batch_size, device=device, progress=progress)
+    outputs, skipped = run_graph(graph, samples, preprocess, batch_size=feature_batch_size, device=device, progress=progress)
     fitted = FittedSpade(config, preprocess, graph, torch.cat([f for f, _ in outputs]),
                          torch.cat([m for _, m in outputs]))
     clock.lap("feature_extraction")

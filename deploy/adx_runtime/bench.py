@@ -24,6 +24,7 @@ import numpy as np
 
 from adx_runtime.errors import AdxError, ConfigError
 from adx_runtime.images import IMAGE_SUFFIXES
+from adx_runtime.kinds import parse_scoring
 from adx_runtime.predictor import STAGES, Predictor
 from adx_runtime.progress import SILENT, Progress
 
@@ -55,24 +56,15 @@ def default_images(predictor: Predictor, n: int = 16) -> tuple[list[Path], str]:
 def scoring_data(manifest: dict[str, Any], search_params: dict[str, float] | None = None) -> str:
     """What the scorer reads, in words: e.g. ``memory_bank.faiss (Flat)`` or ``gaussian.npz (float16)``,
     with the graph's precision when it is not float32."""
-    s = manifest["scoring"]
-    bank = s.get("bank") or s.get("gallery", {}).get("images_bank") or {}
-    detail = s.get("bank", {}).get("index_type") or s.get("gaussian", {}).get("dtype") or \
-        s.get("gallery", {}).get("dtype") or ""
-    if "gallery" in s and bank.get("index_type", "Flat") != "Flat":
-        detail += f", images {bank['index_type']}"
-    if "k_pixel" in s and s["k_pixel"] != s.get("k"):
-        detail += f", k_pixel {s['k_pixel']}"
-    params = {**(bank.get("search_params") or {}), **(search_params or {})}
-    if params:
-        detail += " " + ",".join(f"{k}={v}" for k, v in params.items())
+    section = parse_scoring(manifest["scoring"], manifest.get("method"))  # the kind says what its data is
+    detail = section.describe(search_params)
     if manifest["graph"].get("precision", "float32") != "float32":
         detail = f"{manifest['graph']['precision']} graph" + (f", {detail}" if detail else "")
     files = [f["path"] for f in manifest["files"] if f["kind"] != "onnx-graph" and f["kind"] != "tensorrt-engine"]
     if len(files) > 3:
         files = files[:2] + [f"... ({len(files)} files)"]
     if not files:
-        return f"no scoring data (kind {s.get('kind')}: the graph outputs the map)"
+        return f"no scoring data (kind {section.kind}: the graph outputs the map)"
     return ", ".join(files) + (f" ({detail})" if detail else "")
 
 

@@ -1,6 +1,7 @@
 """Reading a manifest: the file itself (no link, bounded size, strict JSON), its format and schema
 version, its integrity (schema 2) or exact 0.1.0 form (schema 1), and the types of every field the
-runtime reads."""
+runtime reads (the ``scoring`` section by its kind's typed section, :mod:`adx_runtime.kinds`).
+``manifest.schema.json`` next to this module states the same rules for readers in other languages."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from adx_runtime.bundle.layout import (BUNDLE_FORMAT, MANIFEST, MAX_MANIFEST_BYT
                                        SHA256_HEX, link_target, shown, shown_field)
 from adx_runtime.bundle.schema1 import check_schema1, upgrade_v1
 from adx_runtime.errors import BundleError
+from adx_runtime.kinds import SECTIONS
 
 
 def _is_number(value: Any) -> bool:
@@ -61,6 +63,12 @@ def _validate_types(manifest: dict[str, Any], path: Path) -> None:
         if key.endswith("_output") and not (key == "image_output" and value is None):  # optional for kind map
             _require(isinstance(value, str) and value in outputs, path, f"scoring.{key}", value,
                      f"one of the graph's outputs ({', '.join(outputs)})")
+    section = SECTIONS.get(manifest["scoring"]["kind"])
+    if section is not None:  # an unknown kind is refused by the scorer registry, which says to upgrade
+        try:
+            section.from_dict(manifest["scoring"])  # the fields the kind's scorer reads, by its typed section
+        except BundleError as exc:
+            raise BundleError(f"{str(path)!r}: {exc}") from None
     grid = manifest["postprocess"].get("patch_grid")
     _require(grid is None or (isinstance(grid, list) and len(grid) == 2
                               and all(type(v) is int and v > 0 for v in grid)),

@@ -10,6 +10,7 @@ needs no runtime code unless it brings a new kind:
 | ``gaussian`` | PaDiM (CutPaste) | Mahalanobis distance to per-position (or one) Gaussian |
 | ``map`` | RD4AD, RIAD (PRNet) | nothing: the graph outputs the anomaly map itself |
 
+Each kind's manifest section (the fields its scorer reads) is typed in :mod:`adx_runtime.kinds`.
 A scorer returns a raw map ``(B, h, w)`` (or ``None`` for image-level-only methods) and, where the
 kind defines them, image scores ``(B,)``. The manifest's ``postprocess`` section does the rest.
 """
@@ -24,6 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from adx_runtime.errors import BundleError, ConfigError
+from adx_runtime.kinds import SECTIONS, ScoringSection, parse_scoring
 
 
 @dataclass
@@ -38,7 +40,8 @@ class Scorer(Protocol):
     def __call__(self, outputs: dict[str, np.ndarray]) -> ScoreOutput: ...
 
 
-#: scoring kind -> "module:class"; the one table of runtime scorers (imported on first use).
+#: scoring kind -> "module:class"; the one table of runtime scorers (imported on first use). Each
+#: kind's manifest section is declared in :mod:`adx_runtime.kinds` (same keys).
 SCORERS: dict[str, str] = {
     "knn": "adx_runtime.scorers.knn:KnnScorer",
     "gallery": "adx_runtime.scorers.gallery:GalleryScorer",
@@ -47,53 +50,51 @@ SCORERS: dict[str, str] = {
 }
 
 
-#: Kinds that search a FAISS index and so take search parameters (``nprobe``, ``efSearch``).
-SEARCHING_KINDS = ("knn", "gallery")
+#: Kinds that search a FAISS index and so take search parameters (``nprobe``, ``efSearch``): the
+#: sections that say so.
+SEARCHING_KINDS = tuple(kind for kind, section in SECTIONS.items() if section.searching)
 
 
 def create_scorer(bundle_dir: Path, manifest: dict[str, Any], bank_device: str,
                   search_params: dict[str, float] | None = None) -> Scorer:
     """The scorer for ``manifest["scoring"]["kind"]``, loaded with the bundle's scoring data;
     ``search_params`` override the manifest's FAISS search parameters."""
-    kind = manifest["scoring"].get("kind")
+    section = parse_scoring(manifest["scoring"], manifest.get("method"))
+    kind = section.kind
     if kind not in SCORERS:
-        raise BundleError(
-            f"bundle scoring kind {kind!r} (method {manifest.get('method')!r}) is not known to this runtime; "
-            f"known: {', '.join(SCORERS)}. Upgrade adexport or re-export the bundle."
-        )
+        raise BundleError(f"bundle scoring kind {kind!r} (method {manifest.get('method')!r}) has no scorer in this "
+                          "runtime. Upgrade adexport or re-export the bundle.")
     module, cls = SCORERS[kind].split(":")
     extra: dict[str, Any] = {}
     if search_params:
-        if kind not in SEARCHING_KINDS:
+        if not section.searching:
             raise ConfigError(f"--search-param {', '.join(search_params)} applies to bundles that search a FAISS index "
                               f"(kinds {', '.join(SEARCHING_KINDS)}); this {manifest.get('method')} bundle scores with "
                               f"kind {kind!r}: drop it")
         extra["search_params"] = search_params
     scorer = getattr(importlib.import_module(module), cls)(bundle_dir, manifest, bank_device, **extra)
-    if kind in SEARCHING_KINDS:  # the bank has accepted the parameters' names and ranges by now
-        check_ef_search_covers_k(manifest, search_params)
+    # the bank has accepted the parameters' names and ranges by now
+    check_ef_search_covers_k(section, manifest.get("method"), search_params)
     return scorer
 
 
-def check_ef_search_covers_k(manifest: dict[str, Any], search_params: dict[str, float] | None) -> None:
-    """Refuse an ``efSearch`` below the number of neighbours the scorer asks the index for: HNSW
+def check_ef_search_covers_k(section: ScoringSection, method: Any,
+                             search_params: dict[str, float] | None) -> None:
+    """Refuse an ``efSearch`` below the number of neighbours the scorer asks an index for: HNSW
     then returns fewer than ``k`` (measured: 15 of 20 at efSearch 1), and the image score is
     silently made from fewer neighbours. Only a value that was given is checked (the bundle's or
     ``--search-param``), not FAISS's default."""
-    s = manifest["scoring"]
-    if s.get("kind") == "knn":
-        bank, k, field = s.get("bank") or {}, s.get("num_neighbors", 1), "scoring.num_neighbors"
-    else:  # gallery: the image search asks for k nearest training images
-        bank, k, field = (s.get("gallery") or {}).get("images_bank") or {}, s.get("k", 1), "scoring.k"
     override = search_params or {}
-    value = override.get("efSearch", (bank.get("search_params") or {}).get("efSearch"))
-    if value is None or value >= k:
-        return
-    if "efSearch" in override:
-        raise ConfigError(f"search parameter efSearch={value} is below the {k} neighbours this {manifest.get('method')} "
-                          f"bundle asks for ({field}); HNSW would return fewer and change the scores: valid efSearch "
-                          f">= {k}, e.g. --search-param efSearch={max(k, 16)}")
-    raise BundleError(f"search parameter efSearch={value} (from the bundle's search_params) is below the {k} neighbours "
-                      f"this {manifest.get('method')} bundle asks for ({field}); HNSW would return fewer and change the "
-                      f"scores: valid efSearch >= {k}; re-export with --search-param efSearch={max(k, 16)}, or override "
-                      "it with --search-param")
+    for index in section.searched_indexes():
+        k, field = index.k, index.k_field
+        value = override.get("efSearch", (index.bank.get("search_params") or {}).get("efSearch"))
+        if value is None or value >= k:
+            continue
+        if "efSearch" in override:
+            raise ConfigError(f"search parameter efSearch={value} is below the {k} neighbours this {method} "
+                              f"bundle asks for ({field}); HNSW would return fewer and change the scores: valid "
+                              f"efSearch >= {k}, e.g. --search-param efSearch={max(k, 16)}")
+        raise BundleError(f"search parameter efSearch={value} (from the bundle's search_params) is below the {k} "
+                          f"neighbours this {method} bundle asks for ({field}); HNSW would return fewer and change "
+                          f"the scores: valid efSearch >= {k}; re-export with --search-param efSearch={max(k, 16)}, "
+                          "or override it with --search-param")

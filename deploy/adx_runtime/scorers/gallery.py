@@ -19,6 +19,7 @@ import numpy as np
 
 from adx_runtime.bundle import bundle_file
 from adx_runtime.errors import BundleError, ConfigError
+from adx_runtime.kinds import GallerySection
 from adx_runtime.knn import open_bank, squared_to_distance
 from adx_runtime.npz import read_npz
 from adx_runtime.postprocess import check_patch_grid
@@ -28,27 +29,22 @@ from adx_runtime.scorers import ScoreOutput
 class GalleryScorer:
     def __init__(self, bundle_dir: Path, manifest: dict[str, Any], bank_device: str,
                  search_params: dict[str, float] | None = None):
-        s = manifest["scoring"]
-        try:
-            self.image_output, self.map_output = s["image_output"], s["map_output"]
-            self.grid = check_patch_grid(manifest, self.map_output, "flat")
-            self.k = int(s["k"])
-            self.k_pixel = int(s.get("k_pixel", self.k))  # bundles before k_pixel compared with all k
-            g = s["gallery"]
-            bank = g.get("images_bank") or {"file": g["images_file"], "format": "faiss"}
-            self.images = open_bank(Path(bundle_dir), manifest, bank, bank_device, search_params,
-                                    what="scoring.gallery.images_bank")
-            self.pixels = None
-            if g.get("pixel_bank"):  # pixel_coreset: one index over a coreset of every training map vector
-                self.pixels = open_bank(Path(bundle_dir), manifest, g["pixel_bank"], bank_device,
-                                        what="scoring.gallery.pixel_bank")
-                self.backend = f"{self.images.backend}; pixel coreset: {self.pixels.backend}"
-                return
-            maps = read_npz(bundle_file(bundle_dir, manifest, g["maps_file"], what="scoring.gallery.maps_file"),
-                            ["feature_maps"], what="SPADE gallery maps")["feature_maps"]
-            self.maps = np.ascontiguousarray(maps, dtype=np.float32)  # (N, h*w, D)
-        except KeyError as exc:
-            raise BundleError(f"SPADE bundle lacks {exc.args[0]!r} in its scoring data; re-export it") from None
+        s = GallerySection.from_dict(manifest["scoring"])
+        self.image_output, self.map_output = s.image_output, s.map_output
+        self.grid = check_patch_grid(manifest, self.map_output, "flat")
+        self.k, self.k_pixel = s.k, s.k_pixel
+        g = s.gallery
+        self.images = open_bank(Path(bundle_dir), manifest, s.images_bank, bank_device, search_params,
+                                what="scoring.gallery.images_bank")
+        self.pixels = None
+        if g.get("pixel_bank"):  # pixel_coreset: one index over a coreset of every training map vector
+            self.pixels = open_bank(Path(bundle_dir), manifest, g["pixel_bank"], bank_device,
+                                    what="scoring.gallery.pixel_bank")
+            self.backend = f"{self.images.backend}; pixel coreset: {self.pixels.backend}"
+            return
+        maps = read_npz(bundle_file(bundle_dir, manifest, g["maps_file"], what="scoring.gallery.maps_file"),
+                        ["feature_maps"], what="SPADE gallery maps")["feature_maps"]
+        self.maps = np.ascontiguousarray(maps, dtype=np.float32)  # (N, h*w, D)
         if self.maps.shape[0] != self.images.size or self.maps.shape[1] != self.grid[0] * self.grid[1]:
             raise BundleError(f"SPADE gallery does not fit together: {self.images.size} image features, maps "
                               f"{self.maps.shape}, grid {self.grid}")

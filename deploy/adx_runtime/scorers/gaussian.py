@@ -14,9 +14,10 @@ blocks of d = 100, that is 62.5 % of the full matrices' bytes (the triangle itse
 batch 1 the distance reads every byte of the statistics once per image, so its time is memory
 bandwidth: the positions are split over a few threads (numpy releases the GIL in matmul), whose
 combined bandwidth is more than one core's. ``benchmarks/padim_distance.py`` on PaDiM's default
-store (4,096 positions, d = 100), this 2-core CPU: one full ``(P, B, d) @ (P, d, d)`` matmul
-12.5 ms per image at batch 1 and 3.4 at batch 8; the column blocks on one thread 11.3 and 3.1, on
-two threads 8.1 and 1.6 (ms per image; within 2e-7 of float64).
+store (4,096 positions, d = 100), on the machine it ran on (the ratios carry over, not the times):
+one full ``(P, B, d) @ (P, d, d)`` matmul 12.5 ms per image at batch 1 and 3.4 at batch 8; the
+column blocks on one thread 11.3 and 3.1, on two threads 8.1 and 1.6 (ms per image; within 2e-7 of
+float64).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import numpy as np
 
 from adx_runtime.bundle import bundle_file
 from adx_runtime.errors import BundleError
+from adx_runtime.kinds import GaussianSection
 from adx_runtime.npz import read_npz
 from adx_runtime.postprocess import check_patch_grid
 from adx_runtime.scorers import ScoreOutput
@@ -123,19 +125,14 @@ class GaussianScorer:
     backend = "numpy"
 
     def __init__(self, bundle_dir: Path, manifest: dict[str, Any], bank_device: str):
-        s = manifest["scoring"]
-        try:
-            self.output = s["embedding_output"]
-            grid = manifest["postprocess"]["patch_grid"]
-            # None: one Gaussian, image-level scores
-            self.grid = check_patch_grid(manifest, self.output, "flat") if grid else None
-            g = s["gaussian"]
-            data = read_npz(bundle_file(bundle_dir, manifest, g["file"], what="scoring.gaussian.file"),
-                            ["mean", "chol_packed"], what="Gaussian statistics")
-            self.mean = np.ascontiguousarray(data["mean"], dtype=np.float32)
-            packed = data["chol_packed"]
-        except KeyError as exc:
-            raise BundleError(f"Gaussian bundle lacks {exc.args[0]!r} in its scoring data; re-export it") from None
+        s = GaussianSection.from_dict(manifest["scoring"])
+        self.output = s.embedding_output
+        # None: one Gaussian, image-level scores
+        self.grid = check_patch_grid(manifest, self.output, "flat") if manifest["postprocess"]["patch_grid"] else None
+        data = read_npz(bundle_file(bundle_dir, manifest, s.gaussian["file"], what="scoring.gaussian.file"),
+                        ["mean", "chol_packed"], what="Gaussian statistics")
+        self.mean = np.ascontiguousarray(data["mean"], dtype=np.float32)
+        packed = data["chol_packed"]
         P, d = self.mean.shape
         self.positions = self.grid[0] * self.grid[1] if self.grid else 1
         if packed.shape != (P, d * (d + 1) // 2) or P not in (1, self.positions):

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from adx_runtime.errors import BundleError, ConfigError
+from adx_runtime.kinds import KnnSection
 from adx_runtime.knn import open_bank
 from adx_runtime.postprocess import check_patch_grid
 from adx_runtime.scorers import ScoreOutput
@@ -40,14 +41,11 @@ def reweight(m_test: np.ndarray, support: np.ndarray, s_star: np.ndarray,
 class KnnScorer:
     def __init__(self, bundle_dir: Path, manifest: dict[str, Any], bank_device: str,
                  search_params: dict[str, float] | None = None):
-        s = manifest["scoring"]
-        try:
-            self.feature_output = s["feature_output"]
-            self.grid = check_patch_grid(manifest, self.feature_output, "flat")
-            self.num_neighbors = int(s["num_neighbors"])
-            self.bank = open_bank(Path(bundle_dir), manifest, s["bank"], bank_device, search_params)
-        except KeyError as exc:
-            raise BundleError(f"manifest scoring section lacks {exc.args[0]!r}; re-export the bundle") from None
+        s = KnnSection.from_dict(manifest["scoring"])
+        self.feature_output = s.feature_output
+        self.grid = check_patch_grid(manifest, self.feature_output, "flat")
+        self.num_neighbors = s.num_neighbors
+        self.bank = open_bank(Path(bundle_dir), manifest, s.bank, bank_device, search_params)
         self.backend = self.bank.backend
 
     def __call__(self, outputs: dict[str, np.ndarray]) -> ScoreOutput:

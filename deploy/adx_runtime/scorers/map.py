@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from adx_runtime.errors import BundleError
+from adx_runtime.kinds import MapSection
 from adx_runtime.postprocess import check_patch_grid
 from adx_runtime.scorers import ScoreOutput
 
@@ -21,12 +22,8 @@ class MapScorer:
     backend = "graph (map output)"
 
     def __init__(self, bundle_dir: Path, manifest: dict[str, Any], bank_device: str):
-        s = manifest["scoring"]
-        try:
-            self.map_output = s["map_output"]
-        except KeyError:
-            raise BundleError("manifest scoring section (kind map) lacks 'map_output'; re-export the bundle") from None
-        self.image_output = s.get("image_output")
+        s = MapSection.from_dict(manifest["scoring"])
+        self.map_output, self.image_output = s.map_output, s.image_output
         self.grid = check_patch_grid(manifest, self.map_output, "map")
 
     def __call__(self, outputs: dict[str, np.ndarray]) -> ScoreOutput:
