@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 from adexport.export import export_bundle
 from adexport.fitted import save_fitted
-from adexport.train import train
+from adexport.fit_pipeline import train
 from adx_runtime.evaluate import Evaluation, evaluate
 from adx_runtime.images import decode_image
 from adx_runtime.overlay import save_overlay

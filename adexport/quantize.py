@@ -2,9 +2,9 @@
 
 QDQ format (QuantizeLinear/DequantizeLinear pairs around each quantized op, which ONNX Runtime's CPU
 provider fuses into integer kernels), int8 weights per output channel, uint8 activations with
-ranges from MinMax calibration on training images preprocessed exactly as the method does. Only the
-compute-heavy ops are quantized (convolutions and matrix products): the rest (resizes, pooling,
-concatenations, the activation clips) stay in float32. A quantized bilinear Resize changed its
+ranges measured (ONNX Runtime's MinMax calibration) on training images preprocessed exactly as the
+method does. Only the compute-heavy ops are quantized (convolutions and matrix products): the rest
+(resizes, pooling, concatenations, the activation clips) stay in float32. A quantized bilinear Resize changed its
 output size on ONNX Runtime 1.32 (31 instead of 32 rows), so Resize is never quantized. The
 convolutions that read the input image (the stem) stay in float32 too: on the demo PatchCore backbone that
 alone cut the mean feature error from 14% to 11% of the mean feature (max error 18% -> 14%).
@@ -31,12 +31,14 @@ from adx_runtime.preprocess import PreprocessConfig, load_image
 QUANTIZE = ("int8",)
 #: ONNX op types that are quantized; every other op type stays in float32.
 INT8_OP_TYPES = ("Conv", "MatMul", "Gemm")
-DEFAULT_CALIBRATION_IMAGES = 32
+#: Training images the int8 activation ranges are measured on (``--quantize-images``). Not the
+#: held-out images of the score thresholds (the manifest's ``calibration``): a different thing.
+DEFAULT_QUANTIZE_IMAGES = 32
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
 
 
-def calibration_subset(paths: Sequence[Path], n: int) -> list[Path]:
-    """``n`` images spread evenly over ``paths`` (sorted), so calibration sees the whole set."""
+def quantize_image_subset(paths: Sequence[Path], n: int) -> list[Path]:
+    """``n`` images spread evenly over ``paths`` (sorted), so the activation ranges see the whole set."""
     paths = sorted(paths)
     if n >= len(paths):
         return list(paths)
@@ -54,11 +56,13 @@ def _import_quantization() -> Any:
 
 def quantize_int8(float_graph: Path, out: Path, images: Sequence[Path], preprocess: PreprocessConfig,
                   input_name: str) -> dict[str, Any]:
-    """Quantize ``float_graph`` into ``out``, calibrated on ``images``; returns the manifest's
-    ``quantization`` section (scheme, calibration, op types left in float)."""
+    """Quantize ``float_graph`` into ``out``, activation ranges measured on ``images``; returns the
+    manifest's ``quantization`` section (scheme, ``calibration``: how the ranges were measured, op types
+    left in float). That key keeps ONNX Runtime's word: it sits inside ``quantization`` and existing
+    bundles have it."""
     q = _import_quantization()
     if not images:
-        raise ExportError("int8 calibration needs training images, got none; pass --calibration-images N >= 1 "
+        raise ExportError("int8 activation ranges need training images, got none; pass --quantize-images N >= 1 "
                           "and keep the training data where `adx train` read it")
 
     class Reader(q.CalibrationDataReader):

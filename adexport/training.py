@@ -43,7 +43,7 @@ from torch import nn
 from adx_runtime.datasets import Sample
 from adx_runtime.errors import ConfigError, ImageDecodeError, Interrupted
 from adx_runtime.images import decode_image
-from adx_runtime.preprocess import PreprocessConfig, geometric_array, normalise
+from adx_runtime.preprocess import PreprocessConfig, geometric_array, normalise_pixels
 from adx_runtime.progress import SILENT, Progress
 
 if TYPE_CHECKING:  # adexport.methods imports this module: its trained configs inherit TrainingOptions
@@ -151,7 +151,7 @@ class EpochDataset:
             raw = self.images[order[step * size:(step + 1) * size]]
             arrays = self.augment(raw, rng) if self.augment else {"image": raw}
             batch = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items() if k != "image"}
-            batch["image"] = torch.from_numpy(np.stack([normalise(a, self.preprocess) for a in arrays["image"]]))
+            batch["image"] = torch.from_numpy(np.stack([normalise_pixels(a, self.preprocess) for a in arrays["image"]]))
             yield batch
 
 

@@ -43,7 +43,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from adexport.export import export_bundle  # noqa: E402
 from adexport.fitted import save_fitted  # noqa: E402
-from adexport.train import train  # noqa: E402
+from adexport.fit_pipeline import train  # noqa: E402
 from adx_runtime.evaluate import evaluate  # noqa: E402
 from adx_runtime.predictor import Predictor  # noqa: E402
 from adx_synth import generate_demo_dataset  # noqa: E402

@@ -29,7 +29,7 @@ import torch  # noqa: E402
 from adexport.export import export_bundle  # noqa: E402
 from adexport.methods import get_method  # noqa: E402
 from adexport.methods.options import parse_assignments  # noqa: E402
-from adexport.train import train  # noqa: E402
+from adexport.fit_pipeline import train  # noqa: E402
 from adx_runtime.predictor import Predictor  # noqa: E402
 from adx_runtime.preprocess import load_image, stack  # noqa: E402
 from adx_synth import generate_demo_dataset  # noqa: E402

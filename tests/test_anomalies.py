@@ -295,6 +295,8 @@ def test_texture_folder_missing_or_empty_names_the_folder(tmp_path: Path) -> Non
     with pytest.raises(ConfigError) as err:
         TextureSource.from_folder(tmp_path)
     assert str(tmp_path) in str(err.value) and "none decodable" in str(err.value)
+    # the fix names both ways to give the folder: train has no --textures flag, synth-preview has
+    assert "--set textures=DIR" in str(err.value) and "synth-preview: --textures DIR" in str(err.value)
 
 
 def test_texture_anomaly_blends_as_draem(tmp_path: Path) -> None:

@@ -314,7 +314,7 @@ def test_overwrite_replaces_a_bundle_and_a_failed_swap_loses_nothing(bundle_copy
 
 
 def test_train_overwrite_refuses_a_folder_that_is_not_a_model(dataset: Path, tmp_path: Path) -> None:
-    from adexport.train import run_training
+    from adexport.fit_pipeline import run_training
     from adx_runtime.errors import ConfigError
 
     keep = tmp_path / "results"

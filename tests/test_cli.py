@@ -90,7 +90,7 @@ def test_set_is_typed_from_the_config_and_refuses_unknown_keys(dataset: Path, tm
 
 def test_export_refuses_options_the_method_ignores(tmp_path: Path, dataset: Path) -> None:
     from adexport.export import export_bundle
-    from adexport.train import train
+    from adexport.fit_pipeline import train
 
     from conftest import TINY
 
@@ -164,7 +164,7 @@ def test_expand_inputs_files_folders_globs(dataset: Path) -> None:
 
 def test_a_method_that_declares_fp16_unsafe_refuses_it_before_anything_else(dataset: Path, tmp_path: Path) -> None:
     from adexport.export import export_bundle
-    from adexport.train import train
+    from adexport.fit_pipeline import train
 
     from conftest import TINY_TRAINED
 

@@ -137,9 +137,13 @@ def test_an_unknown_method_is_refused_with_the_registry_s_names(tmp_path: Path) 
 
 
 # ------------------------------------------------------------------------- --set and shortcuts
-def test_a_flag_and_set_for_the_same_option_are_refused() -> None:
+def test_a_flag_and_set_for_the_same_option_are_refused(tmp_path: Path) -> None:
     r = invoke("bench-fit", "--n-train", 4, "--data-size", 32, "--image-size", 32, "--set", "image_size=64")
     assert r.exit_code == 1 and "image_size given both as a flag and with --set" in r.output
+    # train merges through the same merge_options, before reading the dataset or fitting
+    trained = next(name for name, e in METHODS.items() if e.trained)
+    r = invoke("train", tmp_path, "--out", tmp_path / "m", "--epochs", 1, "--set", "epochs=2", "-m", trained)
+    assert r.exit_code == 1 and "epochs given both as a flag and with --set" in r.output
 
 
 def test_a_removed_method_flag_is_an_unknown_option(dataset: Path, tmp_path: Path) -> None:
@@ -214,3 +218,28 @@ def test_bench_fit_passes_export_options_to_the_export(tmp_path: Path) -> None:
     r = invoke("bench-fit", "-m", "padim", "--n-train", 4, "--data-size", 32, "-q", "--bank", "npz",
                *as_set_flags(tiny("padim")))
     assert r.exit_code == 1 and "--bank" in r.output  # padim has no memory bank: refused by its flag
+
+
+def test_export_quantize_images_and_its_old_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--quantize-images (int8 activation ranges) reaches export_bundle; the old --calibration-images
+    still works with a one-line note, is hidden from --help and is refused next to the new name."""
+    import adexport.export
+
+    received: dict[str, Any] = {}
+    monkeypatch.setattr(adexport.export, "export_bundle", lambda model, out, **kw: received.update(kw) or {})
+    monkeypatch.setattr(adexport.export, "format_export_summary", lambda manifest, out: "done")
+    args = ("export", tmp_path / "model", "--out", tmp_path / "b", "--quantize", "int8")
+    r = invoke(*args, "--quantize-images", 5)
+    assert r.exit_code == 0, r.output
+    assert received["quantize_images"] == 5 and "note:" not in r.output
+    received.clear()
+    r = invoke(*args)
+    assert r.exit_code == 0 and "quantize_images" not in received  # export_bundle's own default applies
+    r = invoke(*args, "--calibration-images", 7)
+    assert r.exit_code == 0, r.output
+    assert received["quantize_images"] == 7
+    assert [line for line in r.output.splitlines() if "--calibration-images is now --quantize-images" in line]
+    r = invoke(*args, "--calibration-images", 7, "--quantize-images", 5)
+    assert r.exit_code == 1 and "give only --quantize-images" in r.output
+    helptext = invoke("export", "--help").output
+    assert "--quantize-images" in helptext and "--calibration-images" not in helptext

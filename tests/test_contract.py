@@ -26,14 +26,14 @@ from conftest import CATEGORY, list_test_images
 from adexport.export import export_bundle
 from adexport.methods.base import ExportProperties, FittedMethod, Reference, TOLERANCE_EXACT
 from adexport.methods.padim import gaussian_fit
-from adexport.train import calibrate
+from adexport.fit_pipeline import calibrate
 from adx_cli.app import app
 from adx_runtime.bundle import file_entry
 from adx_runtime.datasets import load_split
 from adx_runtime.evaluate import evaluate, format_evaluation
 from adx_runtime.postprocess import PostprocessSpec
 from adx_runtime.predictor import Predictor
-from adx_runtime.preprocess import PreprocessConfig, geometric_array, load_image, map_to_original, normalise, stack
+from adx_runtime.preprocess import PreprocessConfig, geometric_array, load_image, map_to_original, normalise_pixels, stack
 
 
 class TinyEmbedder(nn.Module):
@@ -196,7 +196,7 @@ def test_grayscale_input_contract_uses_the_same_preprocessing(dataset: Path) -> 
     img = decode_image(path)
     expected = (np.asarray(img.resize((32, 32), Image.Resampling.BILINEAR).convert("L"), np.float32) / 255 - 0.5) / 0.25
     np.testing.assert_allclose(g[0], expected, rtol=1e-6, atol=1e-6)
-    np.testing.assert_array_equal(normalise(geometric_array(img, grey), grey), g)
+    np.testing.assert_array_equal(normalise_pixels(geometric_array(img, grey), grey), g)
     assert load_image(path, rgb).shape == (3, 32, 32)
     assert PreprocessConfig.from_dict(grey.to_dict()) == grey
     from adx_runtime.errors import ConfigError

@@ -19,7 +19,7 @@ from adexport.fitted import load_fitted, save_fitted
 from adexport.methods.base import make_config
 from adexport.methods.cutpaste import CutPasteConfig, CutPasteNet, Encoder, PatchEmbedding, fit, make_augment
 from adexport.methods.density import ledoit_wolf_gaussian, mahalanobis as torch_mahalanobis
-from adexport.train import train
+from adexport.fit_pipeline import train
 from adx_runtime.datasets import load_split
 from adx_runtime.errors import ConfigError
 from adx_runtime.predictor import Predictor

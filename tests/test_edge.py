@@ -15,7 +15,7 @@ from conftest import list_test_images
 
 from adexport.export import export_bundle
 from adexport.methods.base import TOLERANCE_EXACT, TOLERANCE_INT8
-from adexport.quantize import calibration_subset
+from adexport.quantize import quantize_image_subset
 from adx_runtime.bundle import load_manifest
 from adx_runtime.errors import ConfigError, ExportError
 from adx_runtime.knn import FaissBank, ShardedBank, parse_search_params
@@ -28,7 +28,7 @@ rng = np.random.default_rng(11)
 @pytest.fixture(scope="module")
 def int8_bundle(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("int8") / "bundle"
-    return out, export_bundle(model_dir, out, quantize="int8", calibration_images=6)
+    return out, export_bundle(model_dir, out, quantize="int8", quantize_images=6)
 
 
 def test_int8_graph_is_quantized_and_recorded(int8_bundle) -> None:
@@ -63,7 +63,7 @@ def test_int8_parity_against_float32_torch_is_within_the_int8_tolerance(int8_bun
 
 def test_int8_above_its_tolerance_writes_nothing(model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="(?s)parity check failed on ONNX Runtime \\(cpu\\), int8 graph.*features"):
-        export_bundle(model_dir, tmp_path / "b", quantize="int8", calibration_images=2,
+        export_bundle(model_dir, tmp_path / "b", quantize="int8", quantize_images=2,
                       tolerance={"features": 1e-3, "image_scores": 1.0, "maps": 1.0})
     assert list(tmp_path.iterdir()) == []
 
@@ -71,14 +71,14 @@ def test_int8_above_its_tolerance_writes_nothing(model_dir: Path, tmp_path: Path
 def test_int8_options_are_checked(model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--quantize 'int4' is not known; valid: int8"):
         export_bundle(model_dir, tmp_path / "b", quantize="int4")
-    with pytest.raises(ConfigError, match="--calibration-images must be >= 1, got 0"):
-        export_bundle(model_dir, tmp_path / "b", quantize="int8", calibration_images=0)
+    with pytest.raises(ConfigError, match="--quantize-images must be >= 1, got 0"):
+        export_bundle(model_dir, tmp_path / "b", quantize="int8", quantize_images=0)
 
 
-def test_calibration_subset_spreads_over_the_set() -> None:
+def test_quantize_image_subset_spreads_over_the_set() -> None:
     paths = [Path(f"{i:03d}.png") for i in range(10)]
-    assert calibration_subset(paths[::-1], 3) == [Path("000.png"), Path("004.png"), Path("009.png")]
-    assert calibration_subset(paths, 50) == paths
+    assert quantize_image_subset(paths[::-1], 3) == [Path("000.png"), Path("004.png"), Path("009.png")]
+    assert quantize_image_subset(paths, 50) == paths
 
 
 # --------------------------------------------------------------------------- approximate banks
@@ -215,9 +215,9 @@ def test_cli_export_int8_and_eval_compare(model_dir: Path, bundle: Path, dataset
     from test_cli import invoke
 
     out = tmp_path / "i8"
-    r = invoke("export", model_dir, "--out", out, "--quantize", "int8", "--calibration-images", "4", "-q")
+    r = invoke("export", model_dir, "--out", out, "--quantize", "int8", "--quantize-images", "4", "-q")
     assert r.exit_code == 0, r.output
-    assert re.search(r"int8 graph \(QDQ\): \d+ Conv quantized, calibrated on 4 training images", r.output)
+    assert re.search(r"int8 graph \(QDQ\): \d+ Conv quantized, activation ranges from 4 training images", r.output)
     assert json.loads((out / "manifest.json").read_text())["quantization"]["calibration"]["images"] == 4
     r = invoke("eval", out, dataset, "-c", "weave", "--compare", bundle, "-q")
     assert r.exit_code == 0, r.output
@@ -229,7 +229,7 @@ def test_cli_export_int8_and_eval_compare(model_dir: Path, bundle: Path, dataset
 # ------------------------------------------------------------------------------------- SPADE
 @pytest.fixture(scope="module")
 def spade_fitted(dataset: Path):
-    from adexport.train import train
+    from adexport.fit_pipeline import train
 
     from conftest import TINY
 
@@ -267,7 +267,7 @@ def test_spade_pixel_coreset_is_a_greedy_coreset_searched_exactly(dataset: Path,
     import torch
 
     from adexport.coreset import greedy_coreset
-    from adexport.train import train
+    from adexport.fit_pipeline import train
     from adx_runtime.preprocess import load_image, stack
 
     from conftest import TINY

@@ -17,7 +17,7 @@ from torchfree import edge_env, make_torch_free_venv
 from adexport.export import export_bundle
 from adexport.fitted import load_fitted, save_fitted
 from adexport.methods import METHODS
-from adexport.train import train
+from adexport.fit_pipeline import train
 from adx_runtime.predictor import Predictor
 from adx_runtime.preprocess import load_image, stack
 
@@ -256,7 +256,7 @@ def test_int8_export_passes_parity_or_is_refused_with_the_reason(exported, tmp_p
             export_bundle(root / "model", tmp_path / "b", quantize="int8")
         assert not (tmp_path / "b").exists()
         return
-    m = export_bundle(root / "model", tmp_path / "b", quantize="int8", calibration_images=4)
+    m = export_bundle(root / "model", tmp_path / "b", quantize="int8", quantize_images=4)
     assert m["parity"]["passed"] and m["quantization"]["op_types_quantized"]
 
 

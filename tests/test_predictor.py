@@ -10,7 +10,7 @@ from PIL import Image
 
 from conftest import list_test_images
 
-from adx_runtime.calibration import normalise
+from adx_runtime.calibration import normalise_scores
 from adx_runtime.errors import ConfigError, ImageDecodeError
 from adx_runtime.knn import FaissBank
 from adx_runtime.predictor import Predictor
@@ -94,7 +94,7 @@ def test_threshold_override_moves_labels_and_keeps_half_at_threshold(bundle: Pat
     pred = custom.predict(files)
     np.testing.assert_array_equal(pred.labels, scores >= middle)
     assert pred.threshold == middle
-    assert float(normalise(np.array([middle]), middle, custom.image_scale)[0]) == 0.5
+    assert float(normalise_scores(np.array([middle]), middle, custom.image_scale)[0]) == 0.5
     assert np.all((pred.normalized_scores >= 0.5) == pred.labels)
 
 
@@ -102,7 +102,7 @@ def test_normalised_scores_follow_the_manifest_rule(predictor: Predictor) -> Non
     cal = predictor.calibration["image"]
     t, s, med = cal["threshold"], cal["scale"], cal["stats"]["median"]
     raw = np.array([med, t, t + s, t + 10 * s, med - 10 * s], np.float32)
-    np.testing.assert_allclose(normalise(raw, t, s), [0.0, 0.5, 1.0, 1.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(normalise_scores(raw, t, s), [0.0, 0.5, 1.0, 1.0, 0.0], atol=1e-6)
     maps = predictor.normalized_maps(np.full((1, 64, 64), predictor.pixel_threshold, np.float32))
     np.testing.assert_allclose(maps, 0.5, atol=1e-6)
 

@@ -43,7 +43,7 @@ def images(n: int, seed: int = 1) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def fitted(dataset: Path):
-    from adexport.train import train
+    from adexport.fit_pipeline import train
 
     return train(dataset, CATEGORY, "prnet", options=TINY_TRAINED["prnet"], holdout=0.25)
 
@@ -267,6 +267,7 @@ def test_real_anomalies_are_off_by_default_and_reported_when_used(fitted, datase
     assert fitted.report.sizes["real_anomalies"] == 0
     assert len(fitted.report.notes) == 1 and fitted.report.notes[0].startswith("trained on synthetic anomalies only")
     assert "no real anomalies" in fitted.report.notes[0] and CATEGORY not in fitted.report.notes[0]  # own texture left out
+    assert "(--set anomalies=DIR adds some)" in fitted.report.notes[0]  # a flag adx train has, not a removed one
     samples = load_split(dataset, CATEGORY, need_test=False).train[:8]
     config = PRNetConfig(**{**TINY_TRAINED["prnet"], "epochs": 1, "anomalies": str(dataset), "n_anomalies": 1})
     with_real = prnet.fit(config, samples)

@@ -188,7 +188,7 @@ def test_config_refuses_bad_options_and_sizes_the_teacher_cannot_mirror() -> Non
 
 def test_fit_export_and_the_torch_free_runtime_agree(dataset: Path, tmp_path: Path) -> None:
     from adexport.export import export_bundle
-    from adexport.train import train
+    from adexport.fit_pipeline import train
     from adx_runtime.predictor import Predictor
 
     options = {**TINY_TRAINED["rd4ad"], "image_size": SIZE, "epochs": 4}

@@ -38,3 +38,14 @@ def test_the_generic_tests_read_the_registry(monkeypatch: pytest.MonkeyPatch) ->
 def test_an_entry_without_test_options_has_an_empty_read_only_mapping() -> None:
     entry = MethodEntry("x", "x", object, lambda *a, **k: None, METHODS["riad"].fitted_cls)  # type: ignore[arg-type]
     assert dict(entry.test_options) == {} and hash(entry) == hash(entry)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_fit_takes_the_feature_batch_by_its_own_name(name: str) -> None:
+    """fit's inference batch is ``feature_batch_size``: a ``batch_size`` keyword would read as the
+    optimiser's batch, which is the config's own ``batch_size`` field."""
+    import inspect
+
+    params = inspect.signature(METHODS[name].fit).parameters
+    assert "feature_batch_size" in params and params["feature_batch_size"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert "batch_size" not in params

@@ -320,7 +320,7 @@ def test_config_refuses_sizes_and_options_that_do_not_fit() -> None:
 
 def _end_to_end(dataset: Path, category: str, options: dict, tmp_path: Path):
     from adexport.export import export_bundle
-    from adexport.train import train
+    from adexport.fit_pipeline import train
     from adx_runtime.predictor import Predictor
     from adx_runtime.preprocess import load_image, stack
 

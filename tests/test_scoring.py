@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from adexport.coreset import greedy_coreset
-from adexport.methods.common import channel_pool_matrix, nearest, reference_image_scores, reference_postprocess
+from adexport.methods.feature_pooling import channel_pool_matrix
+from adexport.methods.reference_scoring import nearest, reference_image_scores, reference_postprocess
 from adexport.methods.patchcore import projection_matrix
 from adx_runtime.knn import FaissBank, NumpyBank, load_bank
 from adx_runtime.postprocess import (MapPostprocessor, PostprocessSpec, bilinear_matrix, blur_matrix,

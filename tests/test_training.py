@@ -14,7 +14,7 @@ from torch import nn
 from conftest import CATEGORY
 
 from adexport.methods import METHODS
-from adexport.methods.common import FitReport
+from adexport.methods.fit_report import FitReport
 from adexport.methods.fit_report import PhaseClock
 from adexport.training import (EpochDataset, TrainingInterrupted, TrainingOptions, TrainingRun, checkpoint_path,
                                fit_network, learning_rate, run_identity, save_loss_curve, train_network)
@@ -233,7 +233,7 @@ def test_trained_method_resumes_exactly(method: str, dataset: Path, tmp_path: Pa
 def test_trained_method_keeps_its_loss_curve(method: str, dataset: Path, tmp_path: Path) -> None:
     """Export, parity and the torch-free runtime are tested for every method in test_methods.py."""
     from adexport.fitted import LOSS_CURVE, load_fitted, save_fitted
-    from adexport.train import train
+    from adexport.fit_pipeline import train
 
     fitted = train(dataset, CATEGORY, method, options=dict(METHODS[method].test_options), holdout=0.25)
     assert len(fitted.report.loss_history) == fitted.config.epochs
@@ -245,7 +245,7 @@ def test_trained_method_keeps_its_loss_curve(method: str, dataset: Path, tmp_pat
 def test_corrupt_images_in_fit_and_holdout_are_skipped_and_reported(dataset: Path, tmp_path: Path) -> None:
     """A corrupt hold-out image used to kill training after the whole fit."""
     from adexport.data import holdout_split
-    from adexport.train import format_fit_summary, train
+    from adexport.fit_pipeline import format_fit_summary, train
 
     from conftest import TINY
 
@@ -267,7 +267,7 @@ def test_corrupt_images_in_fit_and_holdout_are_skipped_and_reported(dataset: Pat
 def test_no_decodable_holdout_image_stops_before_the_fit(dataset: Path, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     from adexport.data import holdout_split
-    from adexport.train import train
+    from adexport.fit_pipeline import train
     from adx_runtime.errors import DatasetError
 
     from conftest import TINY
@@ -279,10 +279,10 @@ def test_no_decodable_holdout_image_stops_before_the_fit(dataset: Path, tmp_path
         s.path.write_bytes(b"junk")
     import dataclasses
 
-    import adexport.train as train_mod
+    import adexport.fit_pipeline as fit_pipeline
 
     never = dataclasses.replace(METHODS["patchcore"], fit=lambda *a, **k: pytest.fail("fitted anyway"))
-    monkeypatch.setattr(train_mod, "get_method", lambda name: never)
+    monkeypatch.setattr(fit_pipeline, "get_method", lambda name: never)
     with pytest.raises(DatasetError, match=f"none of the {len(held)} train/good images held out for calibration"):
         train(root, CATEGORY, "patchcore", options=TINY, holdout=0.25)
 

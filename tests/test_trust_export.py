@@ -137,7 +137,7 @@ def test_infer_with_an_efsearch_past_int32_exits_non_zero(hnsw_bundle: Path, dat
 # ------------------------------------------------------------------- item 15: parity tolerance
 def test_int8_with_a_parity_tolerance_from_the_cli_can_pass(model_dir: Path, tmp_path: Path) -> None:
     """--parity-tolerance sets scores and maps; the graph outputs keep int8's own tolerance."""
-    r = invoke("export", model_dir, "--out", tmp_path / "b", "--quantize", "int8", "--calibration-images", 6,
+    r = invoke("export", model_dir, "--out", tmp_path / "b", "--quantize", "int8", "--quantize-images", 6,
                "--parity-tolerance", 0.3, "-q")
     assert r.exit_code == 0, r.output
     m = load_manifest(tmp_path / "b")
@@ -153,10 +153,10 @@ def test_a_failed_parity_names_the_tolerance_and_the_option_that_sets_it(model_d
     assert "image_scores" in msg and "tolerance 0 (set by --parity-tolerance)" in msg
     assert "features" not in msg  # the graph itself matched: not blamed
     with pytest.raises(ExportError) as info:
-        export_bundle(model_dir, tmp_path / "c", quantize="int8", calibration_images=2,
+        export_bundle(model_dir, tmp_path / "c", quantize="int8", quantize_images=2,
                       tolerance={"features": 1e-3})
     msg = str(info.value)
-    assert "features" in msg and "--parity-tolerance does not change this tolerance" in msg and "--calibration-images" in msg
+    assert "features" in msg and "--parity-tolerance does not change this tolerance" in msg and "--quantize-images" in msg
     assert list(tmp_path.iterdir()) == []
 
 

@@ -245,7 +245,7 @@ def test_gaussian_statistics_declaring_a_huge_shape_are_refused(padim_bundle: Pa
 
 @pytest.fixture(scope="module")
 def spade_bundle(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from adexport.train import train
+    from adexport.fit_pipeline import train
 
     fitted = train(dataset, CATEGORY, "spade", options={**TINY, "k": 3}, holdout=0.25)
     out = tmp_path_factory.mktemp("bundles") / "spade"

@@ -77,7 +77,7 @@ def _two_categories(dataset: Path, root: Path) -> Path:
 
 def _riad_checkpoint(data: Path, category: str, out: Path) -> Path:
     """The checkpoint `adx train -m riad` leaves after epoch 1 of 2, beside ``out``."""
-    from adexport.train import train
+    from adexport.fit_pipeline import train
 
     ckpt = tmp = out.with_name("first.pt")
     train(data, category, "riad", options=RIAD, run=TrainingRun(tmp))
@@ -87,7 +87,7 @@ def _riad_checkpoint(data: Path, category: str, out: Path) -> Path:
 
 
 def test_checkpoint_of_another_category_with_the_same_file_names_is_refused(dataset: Path, tmp_path: Path) -> None:
-    from adexport.train import run_training
+    from adexport.fit_pipeline import run_training
 
     data = _two_categories(dataset, tmp_path / "data")
     out = tmp_path / "grid_model"
@@ -206,7 +206,7 @@ def test_undamaged_checkpoint_still_resumes(toy_checkpoint: Path, toy_data: Epoc
 
 
 def test_checkpoint_with_a_text_history_writes_no_model_folder(dataset: Path, tmp_path: Path) -> None:
-    from adexport.train import run_training
+    from adexport.fit_pipeline import run_training
 
     out = tmp_path / "model"
     ckpt = _riad_checkpoint(dataset, CATEGORY, out)

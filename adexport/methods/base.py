@@ -1,7 +1,9 @@
 """What every method provides, so training, saving, export and parity stay method-agnostic.
 
-A method module defines a config dataclass, a ``fit(config, samples, ...)`` function (bank
-methods: one pass; trained networks: the shared loop in :mod:`adexport.training`) and a
+A method module defines a config dataclass, a ``fit(config, samples, *, device, feature_batch_size,
+progress[, run])`` function (bank methods: one pass; trained networks: the shared loop in
+:mod:`adexport.training`; ``feature_batch_size`` is images per forward pass when extracting features,
+never the optimiser's batch, which is the config's own ``batch_size``) and a
 :class:`FittedMethod` subclass holding the fitted state:
 
 - ``scoring_kind``: what the runtime adds after the graph (``knn``, ``gallery``, ``gaussian``,
@@ -32,7 +34,8 @@ from torch import nn
 from adexport.backbones import BackboneInfo, FeatureExtractor, create_backbone
 from adexport.data import Skipped, image_batches
 from adx_runtime.export_options import EXPORT_OPTION_FLAGS
-from adexport.methods.common import FitReport, reference_image_scores, reference_postprocess
+from adexport.methods.fit_report import FitReport
+from adexport.methods.reference_scoring import reference_image_scores, reference_postprocess
 from adx_runtime.datasets import Sample
 from adx_runtime.errors import ConfigError
 from adx_runtime.postprocess import PostprocessSpec

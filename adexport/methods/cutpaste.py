@@ -294,12 +294,12 @@ class FittedCutPaste(FittedMethod):
         return cls(config, preprocess, encoder, tensors["mean"], tensors["chol"], float(tensors["shrinkage"][0]))
 
 
-def fit(config: CutPasteConfig, samples: Sequence[Sample], *, device: str = "cpu", batch_size: int = 8,
+def fit(config: CutPasteConfig, samples: Sequence[Sample], *, device: str = "cpu", feature_batch_size: int = 8,
         progress: Progress = SILENT, run: TrainingRun | None = None) -> FittedCutPaste:
     """Train encoder and head on the variant's classification task, then fit the Gaussian on the
     training images' (or patches') embeddings.
 
-    ``batch_size`` is the caller's inference batch (embedding extraction); the optimiser's batch is
+    ``feature_batch_size`` is the caller's inference batch (embedding extraction); the optimiser's batch is
     ``config.batch_size``.
     """
     clock = PhaseClock()
@@ -315,7 +315,7 @@ def fit(config: CutPasteConfig, samples: Sequence[Sample], *, device: str = "cpu
                           progress=progress, description=f"Training CutPaste ({config.variant}, {config.level} level)")
     encoder = net.encoder.eval()
     graph = embedding_graph(config, encoder).eval()
-    outputs, _ = run_graph(graph, samples, preprocess, batch_size=batch_size, device=device, progress=progress)
+    outputs, _ = run_graph(graph, samples, preprocess, batch_size=feature_batch_size, device=device, progress=progress)
     emb = torch.cat(outputs)
     emb = emb.reshape(-1, emb.shape[-1])  # every image (or every patch of every image) is one sample
     clock.lap("embedding")

@@ -3,17 +3,34 @@
 A fit measures its phases with a :class:`PhaseClock` and hands the clock and what it counted to
 :func:`record_fit`, so the keys every method shares (``fit_images``, ``skipped_images``, the loss
 history) are written in one place and in one order; ``adx train``, the fit benchmark and the
-bundle's ``training`` section read them from :class:`~adexport.methods.common.FitReport`.
+bundle's ``training`` section read them from :class:`FitReport`.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Mapping, Sequence, TypeVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Mapping, Sequence, TypeVar
 
-from adexport.methods.base import FittedMethod
+if TYPE_CHECKING:  # base holds a FitReport on every fitted method: a runtime import would be a cycle
+    from adexport.methods.base import FittedMethod
 
-Fitted = TypeVar("Fitted", bound=FittedMethod)
+Fitted = TypeVar("Fitted", bound="FittedMethod")
+
+
+@dataclass
+class FitReport:
+    """Seconds per fit phase and sizes, printed by ``adx train`` and the fit benchmark."""
+
+    phases: dict[str, float] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason) not decodable
+    loss_history: list[float] = field(default_factory=list)  # mean training loss per epoch (trained methods)
+    notes: list[str] = field(default_factory=list)  # what the user should know about this fit, one line each
+
+    @property
+    def total(self) -> float:
+        return float(sum(self.phases.values()))
 
 
 class PhaseClock:

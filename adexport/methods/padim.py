@@ -159,7 +159,7 @@ class FittedPadim(FittedMethod):
 
 
 @torch.no_grad()
-def fit(config: PadimConfig, samples: Sequence[Sample], *, device: str = "cpu", batch_size: int = 8,
+def fit(config: PadimConfig, samples: Sequence[Sample], *, device: str = "cpu", feature_batch_size: int = 8,
         progress: Progress = SILENT) -> FittedPadim:
     """Fit per-position Gaussians on normal images."""
     clock = PhaseClock()
@@ -167,7 +167,7 @@ def fit(config: PadimConfig, samples: Sequence[Sample], *, device: str = "cpu", 
     channels = channel_subset(sum(extractor.info.channels), config.n_features, config.seed)
     graph = PadimGraph(extractor, preprocess.input_size, channels).eval()
     clock.lap("backbone_setup")
-    outputs, skipped = run_graph(graph, samples, preprocess, batch_size=batch_size, device=device, progress=progress)
+    outputs, skipped = run_graph(graph, samples, preprocess, batch_size=feature_batch_size, device=device, progress=progress)
     embeddings = torch.cat(outputs)
     clock.lap("feature_extraction")
     with progress.task("Fitting per-position Gaussians", None):

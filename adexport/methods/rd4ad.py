@@ -336,11 +336,12 @@ class FittedRD4AD(MapMethod):
         return cls(config, preprocess, load_graph_tensors(graph, tensors))
 
 
-def fit(config: RD4ADConfig, samples: Sequence[Sample], *, device: str = "cpu", batch_size: int = 8,
+def fit(config: RD4ADConfig, samples: Sequence[Sample], *, device: str = "cpu", feature_batch_size: int = 8,
         progress: Progress = SILENT, run: TrainingRun | None = None) -> FittedRD4AD:
     """Train the OCBE bottleneck and the student decoder on normal images (the teacher stays frozen).
 
-    ``batch_size`` is the caller's inference batch; the optimiser's batch is ``config.batch_size``.
+    ``feature_batch_size`` is unused: this network is scored by its graph alone, with no features
+    extracted after training; the optimiser's batch is ``config.batch_size``.
     """
     clock = PhaseClock()
     teacher, preprocess = backbone_and_preprocess(config)

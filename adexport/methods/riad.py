@@ -434,11 +434,12 @@ def build_graph(config: RIADConfig, channels: int) -> RIADGraph:
     return RIADGraph(net, masks, config.num_masks)
 
 
-def fit(config: RIADConfig, samples: Sequence[Sample], *, device: str = "cpu", batch_size: int = 8,
+def fit(config: RIADConfig, samples: Sequence[Sample], *, device: str = "cpu", feature_batch_size: int = 8,
         progress: Progress = SILENT, run: TrainingRun | None = None) -> FittedRIAD:
     """Train the inpainting U-Net on normal images (eq. 5, a random cell size and fresh masks per batch).
 
-    ``batch_size`` is the caller's inference batch; the optimiser's batch is ``config.batch_size``.
+    ``feature_batch_size`` is unused: this network is scored by its graph alone, with no features
+    extracted after training; the optimiser's batch is ``config.batch_size``.
     """
     clock = PhaseClock()
     preprocess = riad_preprocess(config)

@@ -325,13 +325,13 @@ def train(
     OUT/loss_curve.png.
     """
     require("train")
-    from adexport.train import run_training  # noqa: PLC0415
+    from adexport.fit_pipeline import run_training  # noqa: PLC0415
 
     shortcuts = _shortcuts(backbone=backbone, weights=weights, layers=layers, image_size=image_size, epochs=epochs,
                            seed=seed)
     text = run_training(dataset, out, category, _method_name(method), shortcuts=shortcuts, assignments=set_ or [],
-                        holdout=holdout, device=device, batch_size=batch_size, resume=resume, overwrite=overwrite,
-                        progress=_progress(quiet))
+                        holdout=holdout, device=device, feature_batch_size=batch_size, resume=resume,
+                        overwrite=overwrite, progress=_progress(quiet))
     typer.echo(text)
 
 
@@ -362,7 +362,8 @@ def export(
     format: Annotated[str, typer.Option("--format", "-f", help="onnx | tensorrt (ONNX bundle + engine for this GPU) | triton (MODEL is a bundle; OUT a Triton model repository).")] = "onnx",
     export_options: Optional[dict[str, Any]] = None,  # a flag per METHOD_EXPORT_OPTIONS row (with_export_options)
     quantize: Annotated[Optional[str], typer.Option(help="int8: statically quantized graph (ONNX Runtime QDQ, per-channel int8 weights), parity checked against float32 torch [default: none, float32]. Methods that declare int8 unsafe refuse it.")] = None,
-    calibration_images: Annotated[int, typer.Option(help="With --quantize int8: training images to calibrate activation ranges on.")] = 32,
+    quantize_images: Annotated[Optional[int], typer.Option(help="With --quantize int8: training images the activation ranges are measured on (not the score thresholds' held-out images) [default: 32].")] = None,
+    calibration_images: Annotated[Optional[int], typer.Option(hidden=True, help="Deprecated: --quantize-images.")] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
     parity_images: Annotated[Optional[list[str]], typer.Option(help="Images for the parity check [default: recorded at training].")] = None,
     parity_tolerance: Annotated[Optional[float], typer.Option(help="Relative tolerance for scores and maps [default: the method's, 1e-3 for exact scoring].")] = None,
@@ -380,6 +381,12 @@ def export(
     if format == "triton":
         _triton_repo(model, out, max_batch=max_batch, delay_us=max_queue_delay_us, instances=instances, name=None)
         return
+    if calibration_images is not None:  # the old name, kept for users' scripts
+        if quantize_images is not None:
+            raise ConfigError("--calibration-images is the old name of --quantize-images; give only --quantize-images")
+        typer.secho("note: --calibration-images is now --quantize-images (int8 activation ranges, not score "
+                    "thresholds); the old name will go", fg=typer.colors.YELLOW, err=True)
+        quantize_images = calibration_images
     require("export")
     from adexport.export import export_bundle, format_export_summary  # noqa: PLC0415
 
@@ -388,7 +395,8 @@ def export(
     if parity_tolerance is not None:
         tolerance = {"image_scores": parity_tolerance, "maps": parity_tolerance}  # graph outputs keep the export's own
     manifest = export_bundle(model, out, fmt=format, opset=opset, parity_images=images, tolerance=tolerance,
-                             max_batch=max_batch, fp16=fp16, quantize=quantize, calibration_images=calibration_images,
+                             max_batch=max_batch, fp16=fp16, quantize=quantize,
+                             **({} if quantize_images is None else {"quantize_images": quantize_images}),
                              **(export_options or {}), overwrite=overwrite, progress=_progress(quiet))
     typer.echo(format_export_summary(manifest, out))
 
@@ -674,7 +682,7 @@ def bench_fit_cmd(
     t0 = time.perf_counter()
     import timm  # noqa: F401, PLC0415  (timed here so "imports" holds all of the training stack's)
 
-    from adexport.bench import bench_fit, format_fit_report  # noqa: PLC0415
+    from adexport.fit_bench import bench_fit, format_fit_report  # noqa: PLC0415
 
     import_seconds = time.perf_counter() - t0
     name = _method_name(method)

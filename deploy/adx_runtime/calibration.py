@@ -61,7 +61,7 @@ def threshold_entry(values: np.ndarray, sigmas: float = DEFAULT_SIGMAS) -> dict[
     }
 
 
-def normalise(raw: np.ndarray, threshold: float, scale: float) -> np.ndarray:
+def normalise_scores(raw: np.ndarray, threshold: float, scale: float) -> np.ndarray:
     """Raw scores or maps -> ``[0, 1]`` with the threshold at 0.5 (float32)."""
     out = (np.asarray(raw, dtype=np.float32) - np.float32(threshold)) / np.float32(2.0 * scale)
     out += 0.5

@@ -258,7 +258,7 @@ class Predictor:
         return Prediction(
             image_scores=image_scores,
             anomaly_maps=full,
-            normalized_scores=calibration.normalise(image_scores, self.image_threshold, self.image_scale),
+            normalized_scores=calibration.normalise_scores(image_scores, self.image_threshold, self.image_scale),
             labels=image_scores >= self.image_threshold,
             threshold=self.image_threshold,
         )
@@ -268,7 +268,7 @@ class Predictor:
         if self.pixel_threshold is None:
             raise BundleError("this bundle has no pixel calibration (calibration.pixel): "
                               + ("its method scores images only, without maps" if not self.has_map else "re-export it"))
-        return calibration.normalise(maps, float(self.pixel_threshold), float(self.pixel_scale))
+        return calibration.normalise_scores(maps, float(self.pixel_threshold), float(self.pixel_scale))
 
     def _decode_one(self, p: str | Path) -> tuple[str, np.ndarray | None, str | None, tuple[int, int] | None, str | None]:
         t0 = time.perf_counter()
@@ -312,8 +312,8 @@ class Predictor:
 
         ``decode_ahead``: files decoded in a background thread while the current batch is scored
         (``None``: the predictor's ``decode_ahead``, by default one batch ahead; 0: decode on the
-        calling thread). Measured on PaDiM at batch 1 on a 2-core CPU: 48 images/s decoding on the
-        calling thread, 54-56 with one or two files decoded ahead."""
+        calling thread). Decoding ahead overlaps Pillow's decode with the graph and the scoring, which
+        pays most at small batches, where decoding is a large part of each batch's time."""
         if batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {batch_size}")
         if decode_ahead is None:

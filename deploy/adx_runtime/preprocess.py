@@ -6,7 +6,7 @@ crop -> colour (RGB, or L for a 1-channel graph) -> scale -> (x - mean) / std ->
 
 It comes in two public halves so training can put augmentation between them and still use this
 one implementation: :func:`geometric_array` (decode result -> ``(H, W, C)`` uint8 at the model's
-geometry) and :func:`normalise` (``(H, W, C)`` uint8 -> ``(C, H, W)`` float32).
+geometry) and :func:`normalise_pixels` (``(H, W, C)`` uint8 -> ``(C, H, W)`` float32).
 :func:`preprocess_image` is the two in a row. :func:`map_to_original` is the inverse of the
 geometry, for maps shown on the image the user sent.
 
@@ -140,7 +140,7 @@ def geometric(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
 def geometric_array(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     """First half: an RGB image -> ``(H, W, C)`` uint8 at the model's geometry and colour.
 
-    Training augments this array, then calls :func:`normalise`."""
+    Training augments this array, then calls :func:`normalise_pixels`."""
     view = geometric(img, cfg)
     if cfg.colour != view.mode:
         view = view.convert(cfg.colour)
@@ -148,12 +148,12 @@ def geometric_array(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
-def normalise(arr: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+def normalise_pixels(arr: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     """Second half: ``(H, W, C) uint8 -> (C, H, W) float32``, ``(x * scale - mean) / std`` folded
     into one multiply-add."""
     c = cfg.channels
     if arr.ndim != 3 or arr.shape[2] != c:
-        raise ConfigError(f"normalise expects (H, W, {c}) for colour {cfg.colour}, got {arr.shape}")
+        raise ConfigError(f"normalise_pixels expects (H, W, {c}) for colour {cfg.colour}, got {arr.shape}")
     gain = (np.float32(cfg.scale) / np.asarray(cfg.std, np.float32)).reshape(c, 1, 1)
     bias = (-np.asarray(cfg.mean, np.float32) / np.asarray(cfg.std, np.float32)).reshape(c, 1, 1)
     # The uint8 transpose first, then a contiguous cast: 5x faster than casting the strided view
@@ -165,8 +165,8 @@ def normalise(arr: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
 
 
 def preprocess_image(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
-    """An RGB image -> ``(C, H, W)`` float32 graph input (:func:`geometric_array` then :func:`normalise`)."""
-    return normalise(geometric_array(img, cfg), cfg)
+    """An RGB image -> ``(C, H, W)`` float32 graph input (:func:`geometric_array` then :func:`normalise_pixels`)."""
+    return normalise_pixels(geometric_array(img, cfg), cfg)
 
 
 def load_image(source: ImageSource, cfg: PreprocessConfig, **decode_kwargs: Any) -> np.ndarray:

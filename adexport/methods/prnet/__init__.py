@@ -201,12 +201,12 @@ class FittedPRNet(MapMethod):
         return cls(config, preprocess, load_graph_tensors(graph, tensors))
 
 
-def fit(config: PRNetConfig, samples: Sequence[Sample], *, device: str = "cpu", batch_size: int = 8,
+def fit(config: PRNetConfig, samples: Sequence[Sample], *, device: str = "cpu", feature_batch_size: int = 8,
         progress: Progress = SILENT, run: TrainingRun | None = None) -> FittedPRNet:
     """Prototypes from the normal images, then the segmentation network on synthetic (and real)
     anomalies; the encoder stays frozen.
 
-    ``batch_size`` is the caller's inference batch (feature extraction for the prototypes); the
+    ``feature_batch_size`` is the caller's inference batch (feature extraction for the prototypes); the
     optimiser's batch is ``config.batch_size``.
     """
     clock = PhaseClock()
@@ -222,7 +222,7 @@ def fit(config: PRNetConfig, samples: Sequence[Sample], *, device: str = "cpu", 
     augment = make_augment(textures, config.image_size, p_anomaly=config.p_anomaly, real=real, p_real=config.p_real)
     data = EpochDataset(samples, preprocess, augment=augment, progress=progress)
     clock.lap("setup")
-    features = encode_images(encoder, data.images, preprocess, batch_size=batch_size, device=device)
+    features = encode_images(encoder, data.images, preprocess, batch_size=feature_batch_size, device=device)
     prototypes = fit_prototypes(features, config.prototype_ratio, config.seed)
     graph = build_graph(config, encoder, prototypes)
     clock.lap("prototypes")
@@ -234,7 +234,7 @@ def fit(config: PRNetConfig, samples: Sequence[Sample], *, device: str = "cpu", 
                           progress=progress, description="Training PRNet")
     note = (f"trained on synthetic anomalies ({textures.description}) and {len(real)} real anomalies from "
             f"{config.anomalies} ({', '.join(f'{k} {v}' for k, v in real.per_defect.items())})" if real is not None
-            else f"trained on synthetic anomalies only ({textures.description}); no real anomalies (--anomalies DIR adds some)")
+            else f"trained on synthetic anomalies only ({textures.description}); no real anomalies (--set anomalies=DIR adds some)")
     return trained.record(FittedPRNet(config, preprocess, graph), clock, notes=[note], sizes={
         "prototypes": int(prototypes[0].shape[0]), "real_anomalies": len(real) if real is not None else 0})
 

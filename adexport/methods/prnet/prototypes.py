@@ -10,7 +10,7 @@ import torch
 
 from adexport.backbones import FeatureExtractor
 from adx_runtime.errors import ConfigError
-from adx_runtime.preprocess import PreprocessConfig, normalise
+from adx_runtime.preprocess import PreprocessConfig, normalise_pixels
 
 KMEANS_ITERATIONS = 100  # Lloyd iterations at most (stops earlier when the assignment is stable)
 
@@ -85,7 +85,7 @@ def encode_images(encoder: FeatureExtractor, images: np.ndarray, preprocess: Pre
     encoder = encoder.to(device).eval()
     per_stage: list[list[torch.Tensor]] = []
     for s in range(0, len(images), batch_size):
-        x = torch.from_numpy(np.stack([normalise(a, preprocess) for a in images[s:s + batch_size]])).to(device)
+        x = torch.from_numpy(np.stack([normalise_pixels(a, preprocess) for a in images[s:s + batch_size]])).to(device)
         for l, f in enumerate(encoder(x)):
             if l == len(per_stage):
                 per_stage.append([])

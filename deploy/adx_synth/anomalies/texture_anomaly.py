@@ -86,7 +86,8 @@ class TextureSource:
         if not paths:
             found = f"{len(candidates)} image files, none decodable" if candidates else "no image files"
             raise ConfigError(f"texture folder {str(root)!r} holds {found} (looked for {looked_for}, "
-                              "recursively); point --textures at a folder of texture images such as DTD's images/")
+                              "recursively); give a folder of texture images such as DTD's images/ "
+                              "(adx train: --set textures=DIR; adx synth-preview: --textures DIR)")
         return cls(names=[str(p.relative_to(root)) for p in paths], paths=paths, root=root, skipped=skipped)
 
     @property

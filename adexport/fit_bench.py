@@ -14,7 +14,7 @@ from typing import Any
 
 from adexport.export import export_bundle
 from adexport.fitted import save_fitted
-from adexport.train import train
+from adexport.fit_pipeline import train
 from adx_runtime.bench import peak_rss_mb
 from adx_runtime.progress import SILENT, Progress
 from adx_synth import generate_demo_dataset

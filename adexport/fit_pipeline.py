@@ -1,4 +1,7 @@
-"""``adx train``: dataset -> fitted method -> calibration on held-out normal images -> folder."""
+"""``adx train``: dataset -> fitted method -> calibration on held-out normal images -> folder.
+
+The pipeline around any method's ``fit``; the epoch loop that trained networks share inside their
+``fit`` is :mod:`adexport.training`."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import torch
 
 from adexport.data import holdout_split, image_batches
 from adexport.methods import get_method
-from adexport.methods.base import FittedMethod, make_config
+from adexport.methods.base import FittedMethod, make_config, merge_options
 from adx_runtime import calibration
 from adx_runtime.datasets import GOOD, CategorySplit, Sample, load_split
 from adx_runtime.errors import ConfigError, DatasetError, ImageDecodeError
@@ -107,7 +110,7 @@ def train(
     options: dict[str, Any] | None = None,
     holdout: float = 0.2,
     device: str = "cpu",
-    batch_size: int = 8,
+    feature_batch_size: int = 8,
     progress: Progress = SILENT,
     run: TrainingRun | None = None,
 ) -> FittedMethod:
@@ -116,15 +119,16 @@ def train(
     Args:
         options: method config overrides (``None`` values mean "the method's default").
         holdout: fraction of ``train/good`` kept out of the fit to calibrate thresholds.
-        batch_size: images per forward pass when extracting features or calibrating (a trained
-            method's optimiser batch is its own ``batch_size`` option).
+        feature_batch_size: images per forward pass when extracting features or calibrating (a
+            trained method's optimiser batch is its own ``batch_size`` option).
         run: a trained method's checkpoint file and resume flag (ignored by one-pass methods).
     """
     entry = get_method(method)
     config = make_config(entry.config_cls, options or {})
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= 65536:
+    if (isinstance(feature_batch_size, bool) or not isinstance(feature_batch_size, int)
+            or not 1 <= feature_batch_size <= 65536):
         raise ConfigError(f"--batch-size (images per forward pass) must be an integer >= 1 and at most 65536, got "
-                          f"{batch_size!r}; the default is 8")
+                          f"{feature_batch_size!r}; the default is 8")
     split = load_split(dataset, category, need_test=False)
     fit_samples, held_out = holdout_split(split.train, holdout, seed=getattr(config, "seed", 0))
     device = resolve_device(device)
@@ -138,9 +142,10 @@ def train(
             "fix or remove the broken files in train/good (nothing was fitted)"
         )
     extra = {"run": run} if entry.trained else {}
-    fitted = entry.fit(config, fit_samples, device=device, batch_size=batch_size, progress=progress, **extra)
+    fitted = entry.fit(config, fit_samples, device=device, feature_batch_size=feature_batch_size, progress=progress,
+                       **extra)
     t0 = time.perf_counter()
-    fitted.calibration = calibrate(fitted, held_out, batch_size=batch_size, progress=progress)
+    fitted.calibration = calibrate(fitted, held_out, batch_size=feature_batch_size, progress=progress)
     fitted.report.phases["calibration"] = time.perf_counter() - t0
     fit_bad = list(getattr(fitted.report, "skipped", []))
     fitted.report.skipped = fit_bad + held_bad
@@ -198,7 +203,7 @@ def run_training(
     assignments: Sequence[str] = (),
     holdout: float = 0.2,
     device: str = "auto",
-    batch_size: int = 8,
+    feature_batch_size: int = 8,
     resume: bool = False,
     overwrite: bool = False,
     progress: Progress = SILENT,
@@ -207,16 +212,10 @@ def run_training(
     summary to print. A trained method checkpoints into ``OUT.checkpoint.pt`` (removed once the
     model folder is written) and resumes from it with ``resume``."""
     from adexport.fitted import check_replaceable, save_fitted  # noqa: PLC0415
-    from adexport.methods.options import parse_assignments  # noqa: PLC0415
     from adexport.training import checkpoint_path  # noqa: PLC0415
 
     entry = get_method(method)
-    options = {k: v for k, v in (shortcuts or {}).items() if v is not None}
-    explicit = parse_assignments(entry.config_cls, assignments)
-    both = sorted(set(options) & set(explicit))
-    if both:
-        raise ConfigError(f"{', '.join(both)} given both as a flag and with --set; give each option once")
-    options.update(explicit)
+    options = merge_options(entry.config_cls, shortcuts, assignments)
     out = Path(out)
     check_replaceable(out, overwrite)  # before the fit, not after it
     run = None
@@ -226,7 +225,7 @@ def run_training(
         raise ConfigError(f"--resume applies to trained networks; {method} fits in one pass and has no checkpoints")
     t0 = time.perf_counter()
     fitted = train(dataset, category, method, options=options, holdout=holdout, device=device,
-                   batch_size=batch_size, progress=progress, run=run)
+                   feature_batch_size=feature_batch_size, progress=progress, run=run)
     fit_seconds = time.perf_counter() - t0
     save_fitted(fitted, out, overwrite=overwrite)
     if run is not None and run.checkpoint is not None:

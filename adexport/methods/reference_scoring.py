@@ -1,13 +1,11 @@
-"""Torch pieces shared by methods: the reference post-processing, exact kNN, channel pooling.
+"""The torch reference of the runtime's scoring: map post-processing, the image-score rule, exact kNN.
 
 The runtime computes the same quantities with numpy/FAISS (``adx_runtime.postprocess``,
-``adx_runtime.knn``); these independent torch versions are what the export parity check holds
-the runtime against.
+``adx_runtime.knn``); these independent torch versions are what a method's ``reference()``
+scores with and what the export parity check holds the runtime against.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -78,29 +76,3 @@ def nearest(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, *, exact: boo
         dists.append(v)
         ids.append(i)
     return torch.cat(dists), torch.cat(ids)
-
-
-def channel_pool_matrix(c_in: int, c_out: int) -> torch.Tensor:
-    """``(c_out, c_in)`` matrix equal to ``adaptive_avg_pool1d`` over channels (a matmul exports to
-    ONNX for any sizes; adaptive pooling does not)."""
-    m = torch.zeros(c_out, c_in)
-    for i in range(c_out):
-        start = (i * c_in) // c_out
-        end = -((-(i + 1) * c_in) // c_out)  # ceil
-        m[i, start:end] = 1.0 / (end - start)
-    return m
-
-
-@dataclass
-class FitReport:
-    """Seconds per fit phase and sizes, printed by ``adx train`` and the fit benchmark."""
-
-    phases: dict[str, float] = field(default_factory=dict)
-    sizes: dict[str, int] = field(default_factory=dict)
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason) not decodable
-    loss_history: list[float] = field(default_factory=list)  # mean training loss per epoch (trained methods)
-    notes: list[str] = field(default_factory=list)  # what the user should know about this fit, one line each
-
-    @property
-    def total(self) -> float:
-        return float(sum(self.phases.values()))
