@@ -1,4 +1,4 @@
-"""``adx export``: a fitted model -> a bundle (ARCHITECTURE.md, "The bundle").
+"""``adx export``: a fitted model -> a bundle (docs/ARCHITECTURE.md, "The bundle").
 
 The bundle is assembled in a hidden temporary folder: ONNX graph, scoring data, manifest. Then the
 parity check loads it with the torch-free runtime and scores real dataset images both ways; above

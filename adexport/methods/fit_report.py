@@ -10,12 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Mapping, Sequence, TypeVar
-
-if TYPE_CHECKING:  # base holds a FitReport on every fitted method: a runtime import would be a cycle
-    from adexport.methods.base import FittedMethod
-
-Fitted = TypeVar("Fitted", bound="FittedMethod")
+from typing import Mapping, Protocol, Sequence, TypeVar
 
 
 @dataclass
@@ -31,6 +26,16 @@ class FitReport:
     @property
     def total(self) -> float:
         return float(sum(self.phases.values()))
+
+
+class HasFitReport(Protocol):
+    """What :func:`record_fit` needs of a fitted method: its report. (Structural, so this module
+    does not import ``base``, which holds a :class:`FitReport` on every fitted method.)"""
+
+    report: FitReport
+
+
+Fitted = TypeVar("Fitted", bound=HasFitReport)
 
 
 class PhaseClock:
