@@ -100,6 +100,7 @@ def write_faiss_bank(bundle_dir: Path, stem: str, vectors: np.ndarray, *, index_
         if queries is None or not len(queries):
             raise ExportError(f"the approximate index {index_type!r} must be measured against exact search on "
                               "held-out normal images, and none were recorded at training; re-train, or use Flat")
+        # ``parts`` (a local here) keeps the shard wrappers alive while ``whole`` searches them.
         whole = parts[0] if n_shards == 1 else _shards_for_measure(faiss, D, parts)
         measured = measure_approximation(whole, vectors, queries)
         tol = dict(tolerance or APPROXIMATION_TOLERANCE)
@@ -142,5 +143,4 @@ def _shards_for_measure(faiss: Any, dim: int, parts: list[Any]) -> Any:
     shards = faiss.IndexShards(dim, False, True)  # not threaded, successive ids
     for part in parts:
         shards.add_shard(part)
-    shards._adx_keep = parts  # the Python wrappers must outlive the shard container
-    return shards
+    return shards  # the caller keeps ``parts`` alive: faiss's wrappers take no extra attributes

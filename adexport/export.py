@@ -44,6 +44,9 @@ from adx_runtime.sessions import available_devices, tensorrt_provider_options
 GRAPH_FILE = "model.onnx"
 INPUT_NAME = "image"
 DEFAULT_OPSET = 17
+#: Opsets export accepts: 13 is the first with the Resize and reduction forms the graphs use; 20 is
+#: the newest the TorchScript exporter (``dynamo=False``) writes.
+OPSETS = range(13, 21)
 
 __all__ = ["TOLERANCE_EXACT", "export_bundle", "export_onnx", "format_export_summary", "parity_check"]
 
@@ -72,11 +75,17 @@ def export_onnx(fitted: FittedMethod, path: Path, opset: int = DEFAULT_OPSET, *,
     padding = static_same_padding(graph, dummy) if static_padding else contextlib.nullcontext()
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), padding:
         warnings.simplefilter("ignore")  # tracer and deprecation chatter, not actionable for users
-        torch.onnx.export(
-            graph, (dummy,), str(path), input_names=[INPUT_NAME], output_names=list(fitted.output_names),
-            dynamic_axes={INPUT_NAME: {0: "batch"}, **fitted.output_axes()}, opset_version=opset,
-            do_constant_folding=True, dynamo=False,
-        )
+        try:
+            torch.onnx.export(
+                graph, (dummy,), str(path), input_names=[INPUT_NAME], output_names=list(fitted.output_names),
+                dynamic_axes={INPUT_NAME: {0: "batch"}, **fitted.output_axes()}, opset_version=opset,
+                do_constant_folding=True, dynamo=False,
+            )
+        except Exception as exc:  # noqa: BLE001  (the exporter raises anything; the user needs one line)
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ExportError(f"tracing {fitted.name}'s graph to ONNX opset {opset} failed ({type(exc).__name__}: "
+                              f"{reason}); opset {DEFAULT_OPSET} is the tested default: drop --opset or choose "
+                              "another") from None
     # The exporter loses static sizes through transposes and matmuls ("Transpose..._dim_1"); pin every
     # non-batch output dimension to what the traced graph produced, for readers and TensorRT alike.
     with torch.no_grad():
@@ -212,6 +221,9 @@ def export_bundle(
         raise ConfigError(f"--quantize {quantize!r} is not known; valid: {', '.join(QUANTIZE)} (or leave it out for float32)")
     if quantize_images < 1:
         raise ConfigError(f"--quantize-images must be >= 1, got {quantize_images}")
+    if type(opset) is not int or opset not in OPSETS:
+        raise ConfigError(f"--opset {opset!r} is outside what export writes ({OPSETS.start} to {OPSETS.stop - 1}); "
+                          f"drop it for the tested default {DEFAULT_OPSET}")
     user_tolerance = _checked_tolerance(tolerance)
     fitted = model if isinstance(model, FittedMethod) else load_fitted(model)
     options = given_export_options(**export_options)
@@ -220,8 +232,9 @@ def export_bundle(
     refused = sorted(set(options) - props.options)
     if refused:
         flags = ", ".join(EXPORT_OPTIONS[k] for k in refused)
-        raise ConfigError(f"{fitted.name} does not use {flags} (it scores with kind {fitted.scoring_kind!r}, "
-                          "which has no memory bank index); drop the option")
+        honoured = ", ".join(sorted(EXPORT_OPTIONS[k] for k in props.options)) or "none of them"
+        raise ConfigError(f"{fitted.name} does not use {flags} (of the export options it honours: {honoured}); "
+                          "drop the option")
     if fp16 and not props.fp16:
         raise ConfigError(f"{fitted.name} refuses float16 TensorRT engines: {props.fp16_reason}")
     if quantize == "int8" and not props.int8:

@@ -213,3 +213,61 @@ def test_overwrite_of_an_uncalibrated_bundle_says_nothing(model_dir: Path, tmp_p
     summary = format_export_summary(m, out)
     assert "calibrat" not in summary
     assert np.isfinite(m["calibration"]["image"]["threshold"])
+
+
+# ------------------------------------------------------------- found in the review of the change
+def test_an_approximate_index_in_shards_is_measured_and_written(tmp_path: Path) -> None:
+    """faiss's wrappers take no extra attributes: keeping the shard parts alive on the container
+    crashed every approximate export with --shards > 1."""
+    from adexport.banks import write_faiss_bank
+
+    rng = np.random.default_rng(0)
+    vectors, queries = rng.normal(size=(200, 8)).astype(np.float32), rng.normal(size=(20, 8)).astype(np.float32)
+    section, files = write_faiss_bank(tmp_path, "memory_bank", vectors, index_type="HNSW8", shards=2,
+                                      queries=queries, accept_approximate=True)
+    assert [s["size"] for s in section["shards"]] == [100, 100]
+    assert section["approximation"]["queries"] == 20 and [f["path"] for f in files] == [
+        "memory_bank.shard00.faiss", "memory_bank.shard01.faiss"]
+
+
+@pytest.mark.parametrize("flag", [["--search-param", "efSearch=64"], ["--bank-device", "cpu"], ["--batch-size", "2"]])
+def test_infer_with_a_server_refuses_options_the_server_would_ignore(bundle: Path, dataset: Path, flag) -> None:
+    image = list_test_images(dataset)[0]
+    result = runner.invoke(app, ["infer", str(bundle), str(image), "--server", "127.0.0.1:1", *flag])
+    assert result.exit_code == 1 and flag[0] in result.output and "Traceback" not in result.output
+
+
+def test_eval_compare_scores_both_bundles_with_the_search_parameters_given(hnsw_bundle: Path, dataset: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[object] = []
+    real = Predictor.load.__func__
+
+    def recording(cls, *args, **kwargs):
+        seen.append(kwargs.get("search_params"))
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(Predictor, "load", classmethod(recording))
+    result = invoke("eval", hnsw_bundle, dataset, "-c", "weave", "--compare", hnsw_bundle,
+                    "--search-param", "efSearch=48")
+    assert result.exit_code == 0, result.output
+    assert seen == [{"efSearch": 48}, {"efSearch": 48}]
+
+
+@pytest.mark.parametrize("flag", ["--quantize-images", "--calibration-images"])
+def test_images_for_int8_ranges_without_int8_are_refused(model_dir: Path, tmp_path: Path, flag: str) -> None:
+    result = runner.invoke(app, ["export", str(model_dir), "-o", str(tmp_path / "b"), flag, "8"])
+    assert result.exit_code == 1 and "--quantize int8" in result.output and not (tmp_path / "b").exists()
+
+
+def test_a_search_parameter_given_twice_is_refused() -> None:
+    from adx_runtime.knn import parse_search_params
+
+    with pytest.raises(ConfigError, match="efSearch is given twice"):
+        parse_search_params(["efSearch=8", "efSearch=9"])
+
+
+@pytest.mark.parametrize("opset", ["5", "12", "99"])
+def test_an_opset_export_cannot_write_is_refused_in_one_line(model_dir: Path, tmp_path: Path, opset: str) -> None:
+    result = runner.invoke(app, ["export", str(model_dir), "-o", str(tmp_path / "b"), "--opset", opset])
+    assert result.exit_code == 1 and f"--opset {opset}" in result.output and "13 to 20" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "b").exists()

@@ -29,6 +29,7 @@ from typer.core import TyperArgument, TyperCommand
 from adx_runtime.errors import AdxError, ConfigError, DependencyError, Interrupted
 from adx_runtime.export_options import METHOD_EXPORT_OPTIONS, ExportOption
 from adx_runtime.inputs import check_outputs, expand_inputs, expand_inputs_rooted
+from adx_runtime.runners import RUNNERS
 
 __all__ = ["app", "check_outputs", "expand_inputs", "expand_inputs_rooted", "main"]
 
@@ -160,7 +161,8 @@ def _parse_layers(text: Optional[str]) -> Optional[tuple[int | str, ...]]:
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars, notes or summary lines.")]
 Category = Annotated[Optional[str], typer.Option("--category", "-c", help="Category folder inside DATASET.")]
 JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Write every figure here, as JSON.")]
-Device = Annotated[str, typer.Option(help="ONNX Runtime provider: cpu | cuda | tensorrt.")]
+# The graph runners' table names the devices, so a new runtime target needs no edit here.
+Device = Annotated[str, typer.Option(help=f"Where the graph runs: {' | '.join(RUNNERS)}.")]
 BankDevice = Annotated[str, typer.Option(help="FAISS search: auto | cpu | cuda.")]
 SearchParams = Annotated[Optional[list[str]], typer.Option("--search-param", help="FAISS search parameter NAME=VALUE overriding the bundle's, repeatable: nprobe=N (IVF), efSearch=N (HNSW) [default: the bundle's].")]
 # The method: resolved by the registry when not given (its first entry), so no method is named here.
@@ -364,7 +366,7 @@ def export(
     quantize: Annotated[Optional[str], typer.Option(help="int8: statically quantized graph (ONNX Runtime QDQ, per-channel int8 weights), parity checked against float32 torch [default: none, float32]. Methods that declare int8 unsafe refuse it.")] = None,
     quantize_images: Annotated[Optional[int], typer.Option(help="With --quantize int8: training images the activation ranges are measured on (not the score thresholds' held-out images) [default: 32].")] = None,
     calibration_images: Annotated[Optional[int], typer.Option(hidden=True, help="Deprecated: --quantize-images.")] = None,
-    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
+    opset: Annotated[int, typer.Option(help="ONNX opset, 13 to 20.")] = 17,
     parity_images: Annotated[Optional[list[str]], typer.Option(help="Images for the parity check [default: recorded at training].")] = None,
     parity_tolerance: Annotated[Optional[float], typer.Option(help="Relative tolerance for scores and maps [default: the method's, 1e-3 for exact scoring].")] = None,
     max_batch: Annotated[int, typer.Option(help="TensorRT: largest batch of the engine's shape profile; triton: max_batch_size.")] = 16,
@@ -381,6 +383,10 @@ def export(
     if format == "triton":
         _triton_repo(model, out, max_batch=max_batch, delay_us=max_queue_delay_us, instances=instances, name=None)
         return
+    if (quantize_images is not None or calibration_images is not None) and quantize is None:
+        flag = "--quantize-images" if quantize_images is not None else "--calibration-images"
+        raise ConfigError(f"{flag} sets the images int8 activation ranges are measured on and needs --quantize int8; "
+                          "add --quantize int8 or drop it")
     if calibration_images is not None:  # the old name, kept for users' scripts
         if quantize_images is not None:
             raise ConfigError("--calibration-images is the old name of --quantize-images; give only --quantize-images")
@@ -485,7 +491,8 @@ def infer(
     paths = [path for path, _ in rooted]
     check_outputs(output, save_maps, paths)
     if server is not None:
-        remote = _remote_model(server, bundle, threshold=threshold, save_maps=save_maps, device=device)
+        remote = _remote_model(server, bundle, threshold=threshold, save_maps=save_maps, device=device,
+                               search_param=search_param, bank_device=bank_device, batch_size=batch_size)
     else:
         predictor = Predictor.load(bundle, device=device, bank_device=bank_device, threshold=threshold,
                                    search_params=_search_params(search_param))
@@ -509,11 +516,16 @@ def infer(
 
 
 def _remote_model(server: str, bundle: Path, *, threshold: Optional[float], save_maps: Optional[Path],
-                  device: str) -> Any:
+                  device: str, search_param: Optional[list[str]] = None, bank_device: str = "auto",
+                  batch_size: int = 8) -> Any:
     from adx_runtime.client import RemoteModel  # noqa: PLC0415
 
+    # Every option that changes local scoring is refused here: ignored, it would score with the
+    # server's settings while the user believes their own applied.
     unsupported = [flag for flag, given in (("--threshold", threshold is not None), ("--save-maps", save_maps is not None),
-                                            ("--device", device != "cpu")) if given]
+                                            ("--device", device != "cpu"), ("--search-param", bool(search_param)),
+                                            ("--bank-device", bank_device != "auto"),
+                                            ("--batch-size", batch_size != 8)) if given]
     if unsupported:
         raise ConfigError(f"{', '.join(unsupported)} act on local inference; with --server the server's bundle decides "
                           "(serve a recalibrated bundle, or drop --server)")
@@ -563,7 +575,8 @@ def eval_cmd(
         from adx_runtime.evaluate import format_eval_comparison  # noqa: PLC0415
 
         other = evaluate(compare, dataset, category, batch_size=batch_size, progress=_progress(quiet),
-                         predictor=Predictor.load(compare, device=device, bank_device=bank_device, threshold=threshold))
+                         predictor=Predictor.load(compare, device=device, bank_device=bank_device, threshold=threshold,
+                                                  search_params=params))
         typer.echo(format_evaluation(other))
         for warning in other.warnings:
             typer.secho(f"warning: {compare}: {warning}", fg=typer.colors.YELLOW, err=True)

@@ -74,6 +74,8 @@ def parse_search_params(items: list[str] | None) -> dict[str, float]:
             number = None
         if not sep or not key.strip() or number is None:
             raise ConfigError(f"--search-param takes NAME=NUMBER (e.g. nprobe=16 or efSearch=64), got {item!r}")
+        if key.strip() in out:  # the last one winning silently would hide a typo in a script
+            raise ConfigError(f"--search-param {key.strip()} is given twice ({out[key.strip()]} and {value}); give it once")
         out[key.strip()] = int(number) if number.is_integer() else number
     return out
 
