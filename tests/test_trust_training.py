@@ -120,13 +120,7 @@ def test_run_identity_follows_file_contents_not_names(dataset: Path, tmp_path: P
 
 
 # ------------------------------------------------------------------ item 9: damaged checkpoints
-class Toy(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 3, 3, padding=1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+from test_training import Toy  # noqa: E402  (the same small net the training tests resume)
 
 
 @pytest.fixture(scope="module")
