@@ -538,6 +538,57 @@ def _remote_model(server: str, bundle: Path, *, threshold: Optional[float], save
     return RemoteModel(server, name)
 
 
+# ---------------------------------------------------------------------------------------- watch
+@app.command()
+@handle_errors
+def watch(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder written by `adx export`.")],
+    folder: Annotated[Path, typer.Argument(help="Hot folder: every image that appears in it is scored once (sub-folders are not watched).")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Result file (JSON lines, appended), or - for standard output.")] = "-",
+    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for the journal of scored files [default: FOLDER/.adx-watch].")] = None,
+    no_journal: Annotated[bool, typer.Option("--no-journal", help="Keep no journal: a restart scores every image in the folder again.")] = False,
+    move: Annotated[bool, typer.Option("--move", help="Move each scored image into FOLDER/done/ (or FOLDER/failed/ when it could not be scored).")] = False,
+    poll: Annotated[bool, typer.Option("--poll", help="Poll the folder instead of using file events (network shares).")] = False,
+    settle_ms: Annotated[float, typer.Option(help="Without a close or rename event, a file is complete once its size and time stay unchanged this long.")] = 1000.0,
+    max_batch: Annotated[int, typer.Option(help="Images scored together at most.")] = 8,
+    max_delay_ms: Annotated[float, typer.Option(help="How long a waiting image may wait for others to fill a batch.")] = 50.0,
+    max_images: Annotated[Optional[int], typer.Option(help="Stop after this many images.")] = None,
+    max_seconds: Annotated[Optional[float], typer.Option(help="Stop after this many seconds.")] = None,
+    status_every: Annotated[float, typer.Option(help="Seconds between status lines on standard error.")] = 10.0,
+    threshold: Annotated[Optional[float], typer.Option(help="Raw image-score threshold overriding the bundle's.")] = None,
+    device: Device = "cpu",
+    bank_device: BankDevice = "auto",
+    search_param: SearchParams = None,
+    quiet: Quiet = False,
+) -> None:
+    """Score images as they arrive in FOLDER: one JSON line per image (the `adx infer` fields plus source, timestamp, latency).
+
+    SIGTERM or Ctrl-C stops taking images, finishes those in hand and exits 0. A journal makes a restart score
+    nothing twice and miss nothing.
+    """
+    import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    from adx_runtime.predictor import Predictor  # noqa: PLC0415
+    from adx_runtime.watch import JsonLinesSink, WatchOptions  # noqa: PLC0415
+    from adx_runtime.watch import watch as run_watch  # noqa: PLC0415
+
+    options = WatchOptions(max_batch=max_batch, max_delay_ms=max_delay_ms, settle_ms=settle_ms, poll=poll, move=move,
+                           journal_dir=None if no_journal else (out or folder / ".adx-watch"),
+                           max_images=max_images, max_seconds=max_seconds, status_s=status_every)
+    options.check()
+    predictor = Predictor.load(bundle, device=device, bank_device=bank_device, threshold=threshold,
+                               search_params=_search_params(search_param))
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        run_watch(predictor, folder, [JsonLinesSink(output)], options, stop=stop,
+                  log=(lambda line: None) if quiet else (lambda line: typer.echo(line, err=True)))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 # ----------------------------------------------------------------------------------------- eval
 @app.command("eval")
 @handle_errors
