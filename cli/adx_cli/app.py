@@ -555,6 +555,8 @@ def watch(
     max_images: Annotated[Optional[int], typer.Option(help="Stop after this many images.")] = None,
     max_seconds: Annotated[Optional[float], typer.Option(help="Stop after this many seconds.")] = None,
     status_every: Annotated[float, typer.Option(help="Seconds between status lines on standard error.")] = 10.0,
+    webhook: Annotated[Optional[str], typer.Option("--webhook", help="Also POST each record as JSON to this http(s) URL, in order, retried with backoff on its own thread.")] = None,
+    webhook_timeout: Annotated[float, typer.Option(help="At stop, seconds the webhook may take to deliver what it holds; the rest goes to OUT/webhook-undelivered.jsonl and the exit status is 3.")] = 10.0,
     threshold: Annotated[Optional[float], typer.Option(help="Raw image-score threshold overriding the bundle's.")] = None,
     device: Device = "cpu",
     bank_device: BankDevice = "auto",
@@ -577,16 +579,23 @@ def watch(
                            journal_dir=None if no_journal else (out or folder / ".adx-watch"),
                            max_images=max_images, max_seconds=max_seconds, status_s=status_every)
     options.check()
+    sinks: list[Any] = [JsonLinesSink(output)]
+    if webhook is not None:  # a bad URL is refused here, before the bundle loads
+        from adx_runtime.watch.sinks import WebhookSink  # noqa: PLC0415
+
+        sinks.append(WebhookSink(webhook, out or folder / ".adx-watch", flush_timeout_s=webhook_timeout))
     predictor = Predictor.load(bundle, device=device, bank_device=bank_device, threshold=threshold,
                                search_params=_search_params(search_param))
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        run_watch(predictor, folder, [JsonLinesSink(output)], options, stop=stop,
+        run_watch(predictor, folder, sinks, options, stop=stop,
                   log=(lambda line: None) if quiet else (lambda line: typer.echo(line, err=True)))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if any(getattr(sink, "lost", 0) for sink in sinks):
+        raise typer.Exit(EXIT_SOME_FAILED)  # records were scored but not delivered (dead-letter file)
 
 
 # ----------------------------------------------------------------------------------------- eval

@@ -149,6 +149,9 @@ def watch(predictor: Predictor, folder: Path, sinks: Sequence[Any], options: Wat
     journal = Journal(options.journal_dir)
     journal.open()
     for sink in sinks:
+        attach = getattr(sink, "attach", None)
+        if attach is not None:  # a sink with its own thread (the webhook) needs the stop event and the log
+            attach(stop=stop, log=log)
         sink.open()
     stats = WatchStats()
     source = HotFolder(folder, settle_s=options.settle_ms / 1000, poll=options.poll, interval_s=options.interval_s,
@@ -193,7 +196,8 @@ def _run(predictor: Predictor, folder: Path, source: HotFolder, sinks: Sequence[
         if stop.is_set() or out_of_time or (left is not None and left <= 0):
             break  # stop taking input; what was taken is scored below
         if now >= next_status:
-            log(stats.line())
+            notes = [n for n in (getattr(s, "status", lambda: "")() for s in sinks) if n]
+            log(stats.line() + "".join(f"; {n}" for n in notes))
             next_status = now + options.status_s
         room = options.max_batch - len(pending)
         if left is not None:
