@@ -29,20 +29,20 @@ def invoke(*args: object):
 
 
 # ------------------------------------------------------------------- item 2: search parameters
-@pytest.fixture(scope="module")
-def ivf_bundle(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("trust") / "ivf"
-    export_bundle(model_dir, out, index_type="IVF4,Flat", search_params={"nprobe": 2}, accept_approximate=True,
+def _approximate_bundle(model_dir: Path, out: Path, index_type: str, search_params: dict[str, int]) -> Path:
+    export_bundle(model_dir, out, index_type=index_type, search_params=search_params, accept_approximate=True,
                   tolerance={"image_scores": 1.0, "maps": 1.0})
     return out
+
+
+@pytest.fixture(scope="module")
+def ivf_bundle(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _approximate_bundle(model_dir, tmp_path_factory.mktemp("trust") / "ivf", "IVF4,Flat", {"nprobe": 2})
 
 
 @pytest.fixture(scope="module")
 def hnsw_bundle(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("trust") / "hnsw"
-    export_bundle(model_dir, out, index_type="HNSW16", search_params={"efSearch": 32}, accept_approximate=True,
-                  tolerance={"image_scores": 1.0, "maps": 1.0})
-    return out
+    return _approximate_bundle(model_dir, tmp_path_factory.mktemp("trust") / "hnsw", "HNSW16", {"efSearch": 32})
 
 
 @pytest.mark.parametrize("value", [5, 0, -1, 2**31, 2**63])
