@@ -155,7 +155,7 @@ class Predictor:
         if bank_device == "auto":
             bank_device = "cuda" if runner_cls.uses_gpu(device) and _faiss_has_gpu() else "cpu"
         try:
-            runner = open_runner(root, manifest, device, threads=threads) if graph else None
+            runner = open_runner(root, manifest, device, threads=threads, runner_cls=runner_cls) if graph else None
             scorer = create_scorer(root, manifest, bank_device, search_params)
             return cls(root, manifest, runner, scorer, threshold, device)
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:

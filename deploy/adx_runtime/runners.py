@@ -129,9 +129,11 @@ def require_device(device: str) -> type[GraphRunner]:
     return cls
 
 
-def open_runner(root: Path, manifest: dict[str, Any], device: str, *, threads: int = 0) -> GraphRunner:
-    """The runner of a verified bundle's graph on ``device``, its signature checked against the manifest."""
-    runner = require_device(device).for_bundle(root, manifest, device, threads=threads)
+def open_runner(root: Path, manifest: dict[str, Any], device: str, *, threads: int = 0,
+                runner_cls: type[GraphRunner] | None = None) -> GraphRunner:
+    """The runner of a verified bundle's graph on ``device``, its signature checked against the manifest.
+    ``runner_cls``: what :func:`require_device` already returned for ``device`` (not asked again)."""
+    runner = (runner_cls or require_device(device)).for_bundle(root, manifest, device, threads=threads)
     check_graph_signature(runner, manifest, root)
     return runner
 

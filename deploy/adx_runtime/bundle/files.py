@@ -41,17 +41,6 @@ def confined(root: Path, rel: Any, what: str) -> Path:
     return path
 
 
-def checked_sha256(path: Path) -> str:
-    """The file's sha256, computed now, every time.
-
-    No cache: one keyed on size, mtime and inode trusted a file edited in place with its mtime put
-    back (``os.utime``), and a long-running process (``adx serve``, a watcher) would have scored
-    with the edited bank on its next load. The cost is hashing each file twice per load (once in
-    :func:`verify_files`, once when it is opened), about 1.4 s per GB on one core.
-    """
-    return sha256_file(path)
-
-
 def bundle_file(bundle_dir: str | Path, manifest: dict[str, Any], name: Any, *, what: str = "file") -> Path:
     """The verified path of the bundle file ``name``: the one way the runtime opens a bundle file.
 
@@ -69,7 +58,11 @@ def bundle_file(bundle_dir: str | Path, manifest: dict[str, Any], name: Any, *, 
         )
     if not path.is_file():
         raise BundleError(f"bundle {str(root)!r} is missing {name!r}, which its manifest lists; re-export it")
-    actual = checked_sha256(path)
+    # Hashed now, every time, with no cache: one keyed on size, mtime and inode trusted a file
+    # edited in place with its mtime put back (``os.utime``), so a long-running process (``adx serve``,
+    # a watcher) scored with the edited bank on its next load. Each file is hashed twice per load
+    # (:func:`verify_files`, then here), about 1.4 s per GB on one core.
+    actual = sha256_file(path)
     if actual != entry["sha256"]:
         raise BundleError(
             f"{name!r} in bundle {str(root)!r} failed its checksum: manifest sha256 {str(entry['sha256'])[:16]}..., "

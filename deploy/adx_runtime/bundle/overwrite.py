@@ -8,7 +8,7 @@ import stat
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
-from adx_runtime.bundle.files import checked_sha256
+from adx_runtime.bundle.files import sha256_file
 from adx_runtime.bundle.layout import BUNDLE_FORMAT, LOCK_FILE, MANIFEST, MAX_MANIFEST_BYTES, SHA256_HEX
 from adx_runtime.errors import BundleError
 
@@ -103,7 +103,7 @@ def is_bundle_folder(path: Path) -> str | None:
     if reason is not None:
         return reason
     for rel, file in found:
-        actual = checked_sha256(file)
+        actual = sha256_file(file)
         if actual != listed[rel]:
             return (f"{rel} changed since export (sha256 {actual[:12]}..., the manifest records "
                     f"{listed[rel][:12]}...)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -38,8 +39,9 @@ class ScoringSection:
     searching: ClassVar[bool] = False  #: searches a FAISS index, so takes --search-param
 
     @classmethod
-    def schema(cls) -> dict[str, Any]:
-        """The section's JSON Schema, ``kind`` included; descriptive fields are allowed beyond it."""
+    @functools.cache
+    def _checked_schema(cls) -> dict[str, Any]:
+        # Built and checked once per kind: every bundle open reads its section more than once.
         out = copy.deepcopy(cls.SCHEMA)
         out["description"] = f"scoring kind {cls.kind!r}: {cls.title}"
         out["properties"] = {"kind": {"enum": [cls.kind]}, **out.get("properties", {})}
@@ -48,9 +50,14 @@ class ScoringSection:
         return out
 
     @classmethod
+    def schema(cls) -> dict[str, Any]:
+        """The section's JSON Schema, ``kind`` included; descriptive fields are allowed beyond it."""
+        return copy.deepcopy(cls._checked_schema())
+
+    @classmethod
     def from_dict(cls, d: Any, where: str = "scoring") -> "ScoringSection":
         """Checked against :meth:`schema`; a field it refuses is a one-line BundleError naming it."""
-        check(d, cls.schema(), where)
+        check(d, cls._checked_schema(), where)  # check() reads the schema, never changes it
         return cls(copy.deepcopy(d))
 
     @classmethod
