@@ -200,14 +200,15 @@ def score_files(
     return summary
 
 
-def _row_writer(sink: IO[str], fmt: str, *, maps: bool = False,
-                raw_maps: str | None = None) -> Callable[..., None]:
+def _row_writer(sink: IO[str] | None, fmt: str, *, maps: bool = False, raw_maps: str | None = None,
+                emit: Callable[[dict[str, Any]], None] | None = None) -> Callable[..., None]:
     """One result line per image (JSON lines or CSV), counted into the summary: the same lines for
     local and served inference. With ``maps`` each line names its heatmap (and raw map) file.
 
     A file name that is not valid UTF-8 is written as text with U+FFFD for its undecodable bytes,
     and its exact bytes go, base64, into ``path_bytes`` (JSON: only on such lines; CSV: a column
-    left empty for UTF-8 names)."""
+    left empty for UTF-8 names). ``emit`` (JSON lines only) takes each row as a dict instead of
+    ``sink``, for callers that add fields and write it themselves (``adx watch``'s sinks)."""
     writer = csv.writer(sink) if fmt == "csv" else None
     map_columns = (["heatmap"] + (["raw_map"] if raw_maps else [])) if maps else []
     if writer:
@@ -241,7 +242,10 @@ def _row_writer(sink: IO[str], fmt: str, *, maps: bool = False,
                 row["note"] = res.note
             if files and res.ok:
                 row.update(files)
-            sink.write(json_line(row) + "\n")
+            if emit is not None:
+                emit(row)
+            else:
+                sink.write(json_line(row) + "\n")
 
     return write
 

@@ -18,8 +18,6 @@ just before a crash cannot be read back, so that file is scored again (at least 
 
 from __future__ import annotations
 
-import io
-import json
 import math
 import os
 import threading
@@ -220,17 +218,15 @@ def _score(predictor: Predictor, folder: Path, batch: list[Item], sinks: Sequenc
            source: HotFolder, options: WatchOptions, stats: WatchStats, log: Callable[[str], None]) -> None:
     results = list(predictor.predict_files([str(it.path) for it in batch], batch_size=len(batch), decode_ahead=0))
     # The adx infer line for each result, from infer's own writer, so the fields never drift apart.
-    buf = io.StringIO()
     summary = InferSummary()
-    write = _row_writer(buf, "jsonl")
+    rows: list[dict[str, Any]] = []
+    write = _row_writer(None, "jsonl", emit=rows.append)  # the sinks make each row valid JSON text
     records: list[dict[str, Any]] = []
     taken: set[str] = set()
     dests: list[Path | None] = []
     for item, res in zip(batch, results):
-        buf.seek(0)
-        buf.truncate()
         write(res, summary)
-        row = json.loads(buf.getvalue())
+        row = rows[-1]
         row.update(source=str(folder), timestamp=item.timestamp, bytes=item.size, mtime_ns=item.mtime_ns)
         dest = _free_dest(folder / (DONE if res.ok else FAILED), item.key, taken) if options.move else None
         if dest is not None:
