@@ -147,7 +147,7 @@ def train(
     t0 = time.perf_counter()
     fitted.calibration = calibrate(fitted, held_out, batch_size=feature_batch_size, progress=progress)
     fitted.report.phases["calibration"] = time.perf_counter() - t0
-    fit_bad = list(getattr(fitted.report, "skipped", []))
+    fit_bad = list(fitted.report.skipped)
     fitted.report.skipped = fit_bad + held_bad
     fitted.report.sizes["skipped_images"] = len(fitted.report.skipped)
     if held_bad:

@@ -440,7 +440,9 @@ def fit_network(method: str, model: nn.Module, loss_fn: LossFn, data: EpochDatas
     ``samples``, the images ``data`` was read from. ``model`` is counted after training: its
     parameters that require gradients are the fit report's ``parameters``.
     """
-    history = train_network(model, loss_fn, data, config, identity=run_identity(method, config, samples),
+    # The identity hashes every training file, and only a checkpoint (written or resumed) reads it.
+    identity = run_identity(method, config, samples) if run is not None and run.checkpoint is not None else {}
+    history = train_network(model, loss_fn, data, config, identity=identity,
                             device=device, run=run, progress=progress, description=description)
     clock.lap("training")
     parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
