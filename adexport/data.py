@@ -14,9 +14,11 @@ import numpy as np
 import torch
 
 from adx_runtime.datasets import Sample
-from adx_runtime.errors import DatasetError, ImageDecodeError
-from adx_runtime.preprocess import PreprocessConfig, load_image
+from adx_runtime.errors import ConfigError, DatasetError, ImageDecodeError
+from adx_runtime.images import decode_image
+from adx_runtime.preprocess import PreprocessConfig, load_image, normalise_pixels, working_array
 from adx_runtime.progress import SILENT, Progress
+from adx_runtime.tiling import tile_layout
 
 
 @dataclass
@@ -36,23 +38,51 @@ def image_batches(
     skipped: Skipped | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield ``(b, 3, H, W)`` float32 tensors. Undecodable files are recorded in ``skipped`` (and
-    reported through ``progress``) instead of stopping the run; with no ``skipped`` they raise."""
+    reported through ``progress``) instead of stopping the run; with no ``skipped`` they raise.
+
+    A tiled input contract yields tiles instead: every tile of every image, ``batch_size`` tiles at
+    a time, as the runtime cuts them (:func:`image_tiles`)."""
     buf: list[np.ndarray] = []
     with progress.task(description, len(paths)) as advance:
         for p in paths:
             try:
-                buf.append(load_image(p, preprocess))
+                if preprocess.tiling is not None:
+                    items = image_tiles(p, preprocess)
+                else:
+                    items = [load_image(p, preprocess)]
             except ImageDecodeError as exc:
                 if skipped is None:
                     raise
                 skipped.files.append((exc.path, exc.reason))
                 progress.note(f"skipped {exc.path}: {exc.reason}")
+                items = []
             advance(1)
-            if len(buf) == batch_size:
-                yield torch.from_numpy(np.stack(buf))
-                buf = []
+            for item in items:
+                buf.append(item)
+                if len(buf) == batch_size:
+                    yield torch.from_numpy(np.stack(buf))
+                    buf = []
         if buf:
             yield torch.from_numpy(np.stack(buf))
+
+
+def image_tiles(path: Path | str, preprocess: PreprocessConfig) -> list[np.ndarray]:
+    """The tiles ``[(C, th, tw), ...]`` (row-major) of one image under a tiled input contract, cut
+    by the runtime's own layout. An image smaller than a tile raises :class:`ImageDecodeError`, so
+    training skips and reports it like an unreadable file."""
+    arr = working_tiles_source(path, preprocess)
+    th, tw = preprocess.input_size
+    return [normalise_pixels(arr[y:y + th, x:x + tw], preprocess)
+            for y, x in tile_layout(arr.shape[:2], preprocess).offsets()]
+
+
+def working_tiles_source(path: Path | str, preprocess: PreprocessConfig) -> np.ndarray:
+    """One image at a tiled contract's working size, ``(H, W, C)`` uint8."""
+    img = decode_image(path)
+    try:
+        return working_array(img, preprocess)
+    except ConfigError as exc:
+        raise ImageDecodeError(path, str(exc)) from None
 
 
 def holdout_split(samples: Sequence[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:

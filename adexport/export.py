@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from adexport.backbones import static_same_padding
+from adexport.data import image_tiles
 from adx_runtime.export_options import given_export_options
 from adexport.fitted import load_fitted
 from adexport.methods.base import (EXPORT_OPTIONS, TOLERANCE_EXACT, TOLERANCE_FP16, TOLERANCE_INT8, FittedMethod,
@@ -34,7 +35,7 @@ from adx_runtime.bundle import (BUNDLE_FORMAT, MANIFEST, SCHEMA_VERSION, atomic_
 from adx_runtime.datasets import load_split
 from adx_runtime.errors import AdxError, BundleError, ConfigError, ExportError, ProviderError
 from adx_runtime.predictor import Predictor
-from adx_runtime.preprocess import load_image, stack
+from adx_runtime.preprocess import PreprocessConfig, load_image, stack
 from adx_runtime.progress import SILENT, Progress
 from adx_runtime.kinds import SECTIONS, ScoringSection, parse_scoring
 from adx_runtime.scorers import check_ef_search_covers_k
@@ -129,7 +130,7 @@ def parity_check(fitted: FittedMethod, bundle_dir: Path, images: Sequence[str | 
     computes the graph outputs compared under ``features``; the scores and maps are the runtime's
     :class:`Predictor` on the same runner, compared with the method's own torch ``reference``.
     """
-    x = stack([load_image(p, fitted.preprocess) for p in images])
+    x = parity_inputs(fitted.preprocess, images)
     ref = fitted.reference(torch.from_numpy(x))
     predictor = Predictor.load(bundle_dir, device=device, bank_device="cpu", export_in_progress=True)
     assert predictor.runner is not None  # loaded with its graph
@@ -157,6 +158,19 @@ def parity_check(fitted: FittedMethod, bundle_dir: Path, images: Sequence[str | 
         "passed": not failed,
         "failed": failed,
     }
+
+
+def parity_inputs(preprocess: PreprocessConfig, images: Sequence[str | Path]) -> np.ndarray:
+    """The graph inputs parity compares: each image preprocessed, or for a tiled contract real tiles
+    cut by the runtime's layout (each image's first and last tile: a corner and the shifted-inward
+    border tile), which the torch model and the runtime both score as images."""
+    if preprocess.tiling is None:
+        return stack([load_image(p, preprocess) for p in images])
+    tiles = []
+    for p in images:
+        cut = image_tiles(p, preprocess)
+        tiles += [cut[0], cut[-1]] if len(cut) > 1 else cut
+    return stack(tiles)
 
 
 def _parity_images(fitted: FittedMethod, images: Sequence[str | Path] | None) -> list[Path]:

@@ -8,19 +8,22 @@ from __future__ import annotations
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from adexport.data import holdout_split, image_batches
+from adexport.data import holdout_split, image_batches, image_tiles, working_tiles_source
 from adexport.methods import get_method
 from adexport.methods.base import FittedMethod, make_config, merge_options
 from adx_runtime import calibration
 from adx_runtime.datasets import GOOD, CategorySplit, Sample, load_split
 from adx_runtime.errors import ConfigError, DatasetError, ImageDecodeError
 from adx_runtime.images import decode_image
+from adx_runtime.postprocess import image_scores_from_maps
+from adx_runtime.preprocess import TilingSpec
 from adx_runtime.progress import SILENT, Progress
+from adx_runtime.tiling import Stitcher, TileMaps, smooth, tile_layout
 from adexport.training import TrainingRun
 
 #: Images used by the export parity check (taken from test/ when it exists).
@@ -68,18 +71,55 @@ def decodable(samples: list[Sample], progress: Progress = SILENT) -> tuple[list[
     return ok, bad
 
 
+def _reference_batches(fitted: FittedMethod, samples: list[Sample], batch_size: int,
+                       progress: Progress) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """(raw image scores ``(b,)``, final maps ``(b, H, W)`` or None) of the torch model, per batch.
+
+    A tiled model scores each image's tiles with the torch model and stitches their raw maps with
+    the runtime's own code (:mod:`adx_runtime.tiling`), so thresholds come from the same stitched
+    scores the runtime computes; each image is one batch (its maps may differ in size)."""
+    if fitted.preprocess.tiling is None:
+        for x in image_batches([s.path for s in samples], fitted.preprocess, batch_size, progress=progress,
+                               description="Calibrating on held-out normal images"):
+            ref = fitted.reference(x, exact=False)
+            yield ref.image_scores.numpy(), None if ref.anomaly_maps is None else ref.anomaly_maps.numpy()
+        return
+    spec = fitted.postprocess()
+    tile_maps = TileMaps(spec, fitted.preprocess.input_size) if spec.has_map else None
+    with progress.task("Calibrating on held-out normal images (tiled)", len(samples)) as advance:
+        for s in samples:
+            source = working_tiles_source(s.path, fitted.preprocess)
+            layout = tile_layout(source.shape[:2], fitted.preprocess)
+            tiles = image_tiles(s.path, fitted.preprocess)
+            stitcher = Stitcher(layout) if tile_maps is not None else None
+            tile_scores = []
+            for start in range(0, len(tiles), batch_size):
+                ref = fitted.reference(torch.from_numpy(np.stack(tiles[start:start + batch_size])), exact=False)
+                tile_scores.append(ref.image_scores.numpy())
+                if stitcher is not None:
+                    if ref.patch_maps is None:
+                        raise ConfigError(f"{fitted.name}'s reference gives no raw maps to stitch; it cannot be tiled")
+                    for j, tile in enumerate(tile_maps(ref.patch_maps.numpy()), start):  # type: ignore[misc]
+                        stitcher.add(j, tile)
+            full = smooth(stitcher.result(), spec)[None] if stitcher is not None else None
+            if spec.image_score == "scorer":
+                score = np.array([np.concatenate(tile_scores).max()], np.float32)
+            else:
+                score = image_scores_from_maps(full, spec)  # type: ignore[arg-type]
+            advance(1)
+            yield score, full
+
+
 @torch.no_grad()
 def calibrate(fitted: FittedMethod, samples: list[Sample], *, batch_size: int = 8,
               progress: Progress = SILENT, sigmas: float = calibration.DEFAULT_SIGMAS) -> dict[str, Any]:
     """Raw-score statistics of held-out normal images, thresholds and normalisation."""
     scores, maxima, pixels = [], [], []
     rng = np.random.default_rng(0)
-    for x in image_batches([s.path for s in samples], fitted.preprocess, batch_size, progress=progress,
-                           description="Calibrating on held-out normal images"):
-        ref = fitted.reference(x, exact=False)
-        scores.append(ref.image_scores.numpy())
-        if ref.anomaly_maps is not None:
-            maps = ref.anomaly_maps.numpy().reshape(len(x), -1)
+    for image_scores, full in _reference_batches(fitted, samples, batch_size, progress):
+        scores.append(image_scores)
+        if full is not None:
+            maps = full.reshape(len(full), -1)
             maxima.append(maps.max(axis=1))
             pixels.append(rng.choice(maps.ravel(), size=min(maps.size, 4096), replace=False))
     image = calibration.threshold_entry(np.concatenate(scores), sigmas)
@@ -113,6 +153,7 @@ def train(
     feature_batch_size: int = 8,
     progress: Progress = SILENT,
     run: TrainingRun | None = None,
+    tiling: TilingSpec | None = None,
 ) -> FittedMethod:
     """Fit ``method`` on ``train/good`` of one category and calibrate it on a held-out part.
 
@@ -122,6 +163,8 @@ def train(
         feature_batch_size: images per forward pass when extracting features or calibrating (a
             trained method's optimiser batch is its own ``batch_size`` option).
         run: a trained method's checkpoint file and resume flag (ignored by one-pass methods).
+        tiling: cut images into tiles of the method's input size (``image_size``) instead of resizing
+            them to it (:class:`adx_runtime.preprocess.TilingSpec`); recorded in the input contract.
     """
     entry = get_method(method)
     config = make_config(entry.config_cls, options or {})
@@ -142,6 +185,8 @@ def train(
             "fix or remove the broken files in train/good (nothing was fitted)"
         )
     extra = {"run": run} if entry.trained else {}
+    if tiling is not None:
+        extra["tiling"] = tiling
     fitted = entry.fit(config, fit_samples, device=device, feature_batch_size=feature_batch_size, progress=progress,
                        **extra)
     t0 = time.perf_counter()
@@ -207,6 +252,7 @@ def run_training(
     resume: bool = False,
     overwrite: bool = False,
     progress: Progress = SILENT,
+    tiling: TilingSpec | None = None,
 ) -> str:
     """``adx train``: options from shortcut flags and ``--set KEY=VALUE``, fit, save; returns the
     summary to print. A trained method checkpoints into ``OUT.checkpoint.pt`` (removed once the
@@ -225,7 +271,7 @@ def run_training(
         raise ConfigError(f"--resume applies to trained networks; {method} fits in one pass and has no checkpoints")
     t0 = time.perf_counter()
     fitted = train(dataset, category, method, options=options, holdout=holdout, device=device,
-                   feature_batch_size=feature_batch_size, progress=progress, run=run)
+                   feature_batch_size=feature_batch_size, progress=progress, run=run, tiling=tiling)
     fit_seconds = time.perf_counter() - t0
     save_fitted(fitted, out, overwrite=overwrite)
     if run is not None and run.checkpoint is not None:

@@ -26,6 +26,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from adx_runtime.errors import DependencyError, ExportError
+from adexport.data import image_tiles
 from adx_runtime.preprocess import PreprocessConfig, load_image
 
 QUANTIZE = ("int8",)
@@ -71,7 +72,11 @@ def quantize_int8(float_graph: Path, out: Path, images: Sequence[Path], preproce
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             path = next(self._items, None)
-            return None if path is None else {input_name: load_image(path, preprocess)[None]}
+            if path is None:
+                return None
+            if preprocess.tiling is not None:  # a tiled graph sees tiles: ranges come from all of the image's tiles
+                return {input_name: np.stack(image_tiles(path, preprocess))}
+            return {input_name: load_image(path, preprocess)[None]}
 
     with tempfile.TemporaryDirectory(prefix="adx-int8-") as tmp, _quiet():
         prepared = Path(tmp) / "prepared.onnx"

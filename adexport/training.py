@@ -43,8 +43,10 @@ from torch import nn
 from adx_runtime.datasets import Sample
 from adx_runtime.errors import ConfigError, ImageDecodeError, Interrupted
 from adx_runtime.images import decode_image
+from adexport.data import working_tiles_source
 from adx_runtime.preprocess import PreprocessConfig, geometric_array, normalise_pixels
 from adx_runtime.progress import SILENT, Progress
+from adx_runtime.tiling import tile_layout
 
 if TYPE_CHECKING:  # adexport.methods imports this module: its trained configs inherit TrainingOptions
     from adexport.methods.base import FittedMethod
@@ -117,6 +119,11 @@ class EpochDataset:
     """Training images held in memory at the model's geometry, served as seeded epochs.
 
     ``images``: ``(N, H, W, C)`` uint8, the first half of the runtime's preprocessing, done once.
+
+    A tiled input contract keeps each image once at its working size (uint8: a 1024 x 1024 RGB
+    image is 3 MB, a 12-MP one 36 MB) and serves its tiles, cut on the fly by the runtime's layout:
+    an epoch is every tile of every image, so the cache holds pixels once, not once per overlapping
+    tile. ``tiles[i] = (image, y, x)``.
     """
 
     def __init__(self, samples: Sequence[Sample], preprocess: PreprocessConfig, *, augment: Augment | None = None,
@@ -124,20 +131,40 @@ class EpochDataset:
         self.preprocess = preprocess
         self.augment = augment
         arrays, self.skipped = [], []
+        tiled = preprocess.tiling is not None
         with progress.task("Reading training images into memory", len(samples)) as advance:
             for s in samples:
                 try:
-                    arrays.append(geometric_array(decode_image(s.path), preprocess))
+                    arrays.append(working_tiles_source(s.path, preprocess) if tiled
+                                  else geometric_array(decode_image(s.path), preprocess))
                 except ImageDecodeError as exc:
                     self.skipped.append((exc.path, exc.reason))
                     progress.note(f"skipped {exc.path}: {exc.reason}")
                 advance(1)
         if not arrays:
             raise ConfigError("none of the training images could be decoded; see the messages above")
-        self.images = np.stack(arrays)
+        if tiled:
+            self.sources = arrays
+            self.tiles = np.array([(i, y, x) for i, a in enumerate(arrays)
+                                   for y, x in tile_layout(a.shape[:2], preprocess).offsets()], np.int64)
+            self.images = None
+        else:
+            self.images = np.stack(arrays)
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes of the in-memory pixel cache."""
+        return self.images.nbytes if self.images is not None else sum(a.nbytes for a in self.sources)
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.images) if self.images is not None else len(self.tiles)
+
+    def raw(self, index: np.ndarray) -> np.ndarray:
+        """``(k, H, W, C)`` uint8 items (images, or tiles of a tiled contract) at ``index``."""
+        if self.images is not None:
+            return self.images[index]
+        th, tw = self.preprocess.input_size
+        return np.stack([self.sources[i][y:y + th, x:x + tw] for i, y, x in self.tiles[index]])
 
     def steps_per_epoch(self, batch_size: int) -> int:
         """Full batches only (a last batch of one would upset batch norm), at least one."""
@@ -148,7 +175,7 @@ class EpochDataset:
         order = rng.permutation(len(self))
         size = min(batch_size, len(self))
         for step in range(self.steps_per_epoch(batch_size)):
-            raw = self.images[order[step * size:(step + 1) * size]]
+            raw = self.raw(order[step * size:(step + 1) * size])
             arrays = self.augment(raw, rng) if self.augment else {"image": raw}
             batch = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items() if k != "image"}
             batch["image"] = torch.from_numpy(np.stack([normalise_pixels(a, self.preprocess) for a in arrays["image"]]))
@@ -442,6 +469,8 @@ def fit_network(method: str, model: nn.Module, loss_fn: LossFn, data: EpochDatas
     """
     # The identity hashes every training file, and only a checkpoint (written or resumed) reads it.
     identity = run_identity(method, config, samples) if run is not None and run.checkpoint is not None else {}
+    if identity and data.preprocess.tiling is not None:  # tiles of another size or overlap are other data
+        identity["tiling"] = data.preprocess.tiling.to_dict(data.preprocess.resize)
     history = train_network(model, loss_fn, data, config, identity=identity,
                             device=device, run=run, progress=progress, description=description)
     clock.lap("training")

@@ -39,7 +39,7 @@ from adexport.methods.reference_scoring import reference_image_scores, reference
 from adx_runtime.datasets import Sample
 from adx_runtime.errors import ConfigError
 from adx_runtime.postprocess import PostprocessSpec
-from adx_runtime.preprocess import PreprocessConfig
+from adx_runtime.preprocess import PreprocessConfig, TilingSpec
 from adx_runtime.progress import Progress
 
 #: Parity tolerances: max |torch - runtime| / max |torch| per quantity. Exact scoring differs from
@@ -88,6 +88,8 @@ class Reference:
     outputs: dict[str, torch.Tensor]
     image_scores: torch.Tensor
     anomaly_maps: torch.Tensor | None
+    #: the raw ``(B, h, w)`` maps before post-processing (what a tiled model stitches); None without a map
+    patch_maps: torch.Tensor | None = None
 
 
 class FittedMethod(ABC):
@@ -203,15 +205,16 @@ class MapMethod(FittedMethod):
     def reference(self, x: torch.Tensor, *, exact: bool = True) -> Reference:
         raw = self._graph(x)
         maps = self.reference_maps(raw)
-        return Reference({"anomaly_map": raw}, self.reference_image_scores(maps), maps)
+        return Reference({"anomaly_map": raw}, self.reference_image_scores(maps), maps, raw if raw.dim() == 3 else raw[:, 0])
 
 
-def backbone_and_preprocess(config: Any) -> tuple[FeatureExtractor, PreprocessConfig]:
-    """The backbone a config names and the input contract that goes with its weights (mean/std)."""
+def backbone_and_preprocess(config: Any, tiling: TilingSpec | None = None) -> tuple[FeatureExtractor, PreprocessConfig]:
+    """The backbone a config names and the input contract that goes with its weights (mean/std);
+    with ``tiling``, images are cut into tiles of ``config.image_size`` instead of resized to it."""
     extractor = create_backbone(config.backbone, config.layers, config.weights, seed=config.seed)
     info = extractor.info
     preprocess = PreprocessConfig.square(config.image_size, interpolation=config.interpolation,
-                                         mean=info.mean, std=info.std)
+                                         mean=info.mean, std=info.std, tiling=tiling)
     return extractor, preprocess
 
 

@@ -44,7 +44,7 @@ from adexport.training import Augment, EpochDataset, TrainingOptions, TrainingRu
 from adx_runtime.datasets import Sample
 from adx_runtime.errors import ConfigError
 from adx_runtime.postprocess import PostprocessSpec
-from adx_runtime.preprocess import PreprocessConfig
+from adx_runtime.preprocess import PreprocessConfig, TilingSpec
 from adx_runtime.progress import SILENT, Progress
 
 VARIANTS = ("normal", "scar", "3way")  # the paper's names: "normal" is plain CutPaste
@@ -268,8 +268,9 @@ class FittedCutPaste(FittedMethod):
         if self.config.level == "image":
             return Reference({"embedding": emb}, mahalanobis(emb[:, None], self.mean, self.chol, exact=exact)[:, 0], None)
         dist = mahalanobis(emb, self.mean, self.chol, exact=exact)  # (B, P)
-        maps = self.reference_maps(dist.view(len(x), *self.config.grid))
-        return Reference({"embedding": emb}, self.reference_image_scores(maps), maps)
+        raw = dist.view(len(x), *self.config.grid)
+        maps = self.reference_maps(raw)
+        return Reference({"embedding": emb}, self.reference_image_scores(maps), maps, raw)
 
     def write_scoring_data(self, bundle_dir: Path, **_: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         gaussian, entry = write_gaussian(bundle_dir, self.mean, self.chol, "float32",
@@ -295,7 +296,7 @@ class FittedCutPaste(FittedMethod):
 
 
 def fit(config: CutPasteConfig, samples: Sequence[Sample], *, device: str = "cpu", feature_batch_size: int = 8,
-        progress: Progress = SILENT, run: TrainingRun | None = None) -> FittedCutPaste:
+        progress: Progress = SILENT, tiling: TilingSpec | None = None, run: TrainingRun | None = None) -> FittedCutPaste:
     """Train encoder and head on the variant's classification task, then fit the Gaussian on the
     training images' (or patches') embeddings.
 
@@ -303,7 +304,7 @@ def fit(config: CutPasteConfig, samples: Sequence[Sample], *, device: str = "cpu
     ``config.batch_size``.
     """
     clock = PhaseClock()
-    extractor, preprocess = backbone_and_preprocess(config)
+    extractor, preprocess = backbone_and_preprocess(config, tiling)
     net = build_network(config, extractor)
     data = EpochDataset(samples, preprocess, augment=make_augment(config), progress=progress)
     clock.lap("setup")

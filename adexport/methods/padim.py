@@ -38,7 +38,7 @@ from adx_runtime.datasets import Sample
 from adexport.methods.options import check_options
 from adx_runtime.errors import ConfigError
 from adx_runtime.postprocess import PostprocessSpec
-from adx_runtime.preprocess import PreprocessConfig
+from adx_runtime.preprocess import PreprocessConfig, TilingSpec
 from adx_runtime.progress import SILENT, Progress
 
 STORE_DTYPES = ("float32", "float16")
@@ -132,8 +132,9 @@ class FittedPadim(FittedMethod):
     def reference(self, x: torch.Tensor, *, exact: bool = True) -> Reference:
         emb = self._graph(x)  # (B, P, d)
         dist = mahalanobis(emb, self.mean, self.chol, exact=exact)  # (B, P)
-        maps = self.reference_maps(dist.view(len(x), *self._graph.grid))
-        return Reference({"embedding": emb}, self.reference_image_scores(maps), maps)
+        raw = dist.view(len(x), *self._graph.grid)
+        maps = self.reference_maps(raw)
+        return Reference({"embedding": emb}, self.reference_image_scores(maps), maps, raw)
 
     def postprocess(self) -> PostprocessSpec:
         return PostprocessSpec.gaussian(self._graph.grid, self.config.blur_sigma, image_score="max")
@@ -160,10 +161,10 @@ class FittedPadim(FittedMethod):
 
 @torch.no_grad()
 def fit(config: PadimConfig, samples: Sequence[Sample], *, device: str = "cpu", feature_batch_size: int = 8,
-        progress: Progress = SILENT) -> FittedPadim:
+        progress: Progress = SILENT, tiling: TilingSpec | None = None) -> FittedPadim:
     """Fit per-position Gaussians on normal images."""
     clock = PhaseClock()
-    extractor, preprocess = backbone_and_preprocess(config)
+    extractor, preprocess = backbone_and_preprocess(config, tiling)
     channels = channel_subset(sum(extractor.info.channels), config.n_features, config.seed)
     graph = PadimGraph(extractor, preprocess.input_size, channels).eval()
     clock.lap("backbone_setup")

@@ -36,7 +36,7 @@ from adexport.methods.options import check_options
 from adx_runtime.errors import ConfigError
 from adx_runtime.knn import is_exact_index_type
 from adx_runtime.postprocess import PostprocessSpec
-from adx_runtime.preprocess import PreprocessConfig
+from adx_runtime.preprocess import PreprocessConfig, TilingSpec
 from adx_runtime.progress import SILENT, Progress
 
 
@@ -139,8 +139,8 @@ class FittedPatchCore(FittedMethod):
             image = (1.0 - torch.softmax(d, dim=1)[:, 0]) * s_star
         else:
             image = s_star
-        maps = self.reference_maps(patch.view(B, *self._graph.grid))
-        return Reference({"patch_features": feats}, image, maps)
+        raw = patch.view(B, *self._graph.grid)
+        return Reference({"patch_features": feats}, image, self.reference_maps(raw), raw)
 
     def postprocess(self) -> PostprocessSpec:
         return PostprocessSpec.gaussian(self._graph.grid, self.config.blur_sigma, image_score="scorer")
@@ -193,10 +193,10 @@ class FittedPatchCore(FittedMethod):
 
 @torch.no_grad()
 def fit(config: PatchCoreConfig, samples: Sequence[Sample], *, device: str = "cpu", feature_batch_size: int = 8,
-        progress: Progress = SILENT) -> FittedPatchCore:
+        progress: Progress = SILENT, tiling: TilingSpec | None = None) -> FittedPatchCore:
     """Fit PatchCore on normal images: features -> coreset -> memory bank."""
     clock = PhaseClock()
-    extractor, preprocess = backbone_and_preprocess(config)
+    extractor, preprocess = backbone_and_preprocess(config, tiling)
     projection = projection_matrix(list(extractor.info.channels), config.target_dim)
     graph = PatchCoreGraph(extractor, preprocess.input_size, projection).eval()
     clock.lap("backbone_setup")

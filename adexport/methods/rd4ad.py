@@ -50,7 +50,7 @@ from adexport.training import EpochDataset, TrainingOptions, TrainingRun, fit_ne
 from adx_runtime.datasets import Sample
 from adx_runtime.errors import ConfigError
 from adx_runtime.postprocess import PostprocessSpec
-from adx_runtime.preprocess import PreprocessConfig
+from adx_runtime.preprocess import PreprocessConfig, TilingSpec
 from adx_runtime.progress import SILENT, Progress
 
 LOSS_MODES = ("per_position", "flatten")
@@ -337,14 +337,14 @@ class FittedRD4AD(MapMethod):
 
 
 def fit(config: RD4ADConfig, samples: Sequence[Sample], *, device: str = "cpu", feature_batch_size: int = 8,
-        progress: Progress = SILENT, run: TrainingRun | None = None) -> FittedRD4AD:
+        progress: Progress = SILENT, tiling: TilingSpec | None = None, run: TrainingRun | None = None) -> FittedRD4AD:
     """Train the OCBE bottleneck and the student decoder on normal images (the teacher stays frozen).
 
     ``feature_batch_size`` is unused: this network is scored by its graph alone, with no features
     extracted after training; the optimiser's batch is ``config.batch_size``.
     """
     clock = PhaseClock()
-    teacher, preprocess = backbone_and_preprocess(config)
+    teacher, preprocess = backbone_and_preprocess(config, tiling)
     graph = build_graph(config, teacher)
     data = EpochDataset(samples, preprocess, progress=progress)
     clock.lap("setup")

@@ -53,7 +53,7 @@ from adexport.training import EpochDataset, TrainingOptions, TrainingRun, fit_ne
 from adx_runtime.datasets import Sample
 from adx_runtime.errors import ConfigError
 from adx_runtime.postprocess import PostprocessSpec
-from adx_runtime.preprocess import COLOURS, PreprocessConfig
+from adx_runtime.preprocess import COLOURS, PreprocessConfig, TilingSpec
 from adx_runtime.progress import SILENT, Progress
 
 CELL_SIZES: tuple[int, ...] = (2, 4, 8, 16)  # K, the paper's cell sides in pixels
@@ -378,11 +378,11 @@ class RIADConfig(TrainingOptions):
         return self.smoothing_size if self.smoothing_size is not None else paper_smoothing_size(self.image_size)
 
 
-def riad_preprocess(config: RIADConfig) -> PreprocessConfig:
+def riad_preprocess(config: RIADConfig, tiling: TilingSpec | None = None) -> PreprocessConfig:
     """Pixels scaled to [0, 1] with mean 0 / std 1: the GMS and SSIM constants assume a unit range."""
     c = COLOURS[config.colour]
     return PreprocessConfig.square(config.image_size, interpolation=config.interpolation, colour=config.colour,
-                                   mean=(0.0,) * c, std=(1.0,) * c)
+                                   mean=(0.0,) * c, std=(1.0,) * c, tiling=tiling)
 
 
 class FittedRIAD(MapMethod):
@@ -435,14 +435,14 @@ def build_graph(config: RIADConfig, channels: int) -> RIADGraph:
 
 
 def fit(config: RIADConfig, samples: Sequence[Sample], *, device: str = "cpu", feature_batch_size: int = 8,
-        progress: Progress = SILENT, run: TrainingRun | None = None) -> FittedRIAD:
+        progress: Progress = SILENT, tiling: TilingSpec | None = None, run: TrainingRun | None = None) -> FittedRIAD:
     """Train the inpainting U-Net on normal images (eq. 5, a random cell size and fresh masks per batch).
 
     ``feature_batch_size`` is unused: this network is scored by its graph alone, with no features
     extracted after training; the optimiser's batch is ``config.batch_size``.
     """
     clock = PhaseClock()
-    preprocess = riad_preprocess(config)
+    preprocess = riad_preprocess(config, tiling)
     graph = build_graph(config, preprocess.channels)
     data = EpochDataset(samples, preprocess, progress=progress)
     clock.lap("setup")

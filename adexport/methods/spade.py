@@ -45,7 +45,7 @@ from adexport.methods.options import check_options
 from adx_runtime.errors import ConfigError
 from adx_runtime.knn import is_exact_index_type
 from adx_runtime.postprocess import PostprocessSpec
-from adx_runtime.preprocess import PreprocessConfig
+from adx_runtime.preprocess import PreprocessConfig, TilingSpec
 from adx_runtime.progress import SILENT, Progress
 
 STORE_DTYPES = ("float32", "float16")
@@ -149,7 +149,7 @@ class FittedSpade(FittedMethod):
             pixel.append(torch.cdist(fmap[b].to(dtype), gallery).min(dim=1).values.float())
         patch = torch.stack(pixel).view(len(x), *self._graph.grid)
         maps = self.reference_maps(patch)
-        return Reference({"image_feature": image_feature, "feature_map": fmap}, image_scores, maps)
+        return Reference({"image_feature": image_feature, "feature_map": fmap}, image_scores, maps, patch)
 
     def postprocess(self) -> PostprocessSpec:
         return PostprocessSpec.gaussian(self._graph.grid, self.config.blur_sigma, image_score="scorer")
@@ -222,10 +222,10 @@ class FittedSpade(FittedMethod):
 
 @torch.no_grad()
 def fit(config: SpadeConfig, samples: Sequence[Sample], *, device: str = "cpu", feature_batch_size: int = 8,
-        progress: Progress = SILENT) -> FittedSpade:
+        progress: Progress = SILENT, tiling: TilingSpec | None = None) -> FittedSpade:
     """Collect the gallery: image features and feature maps of the normal images."""
     clock = PhaseClock()
-    extractor, preprocess = backbone_and_preprocess(config)
+    extractor, preprocess = backbone_and_preprocess(config, tiling)
     graph = SpadeGraph(extractor, preprocess.input_size, config.map_stride).eval()
     clock.lap("backbone_setup")
     outputs, skipped = run_graph(graph, samples, preprocess, batch_size=feature_batch_size, device=device, progress=progress)

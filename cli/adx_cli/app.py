@@ -184,6 +184,24 @@ def _shortcuts(*, backbone: Optional[str], weights: Optional[str], layers: Optio
             "epochs": epochs, "seed": seed}
 
 
+def _tiling(tile: Optional[int], overlap: int, working_size: Optional[int], image_size: Optional[int]) -> Any:
+    """``--tile``/``--tile-overlap``/``--working-size`` -> a TilingSpec, or None without ``--tile``."""
+    from adx_runtime.preprocess import TilingSpec  # noqa: PLC0415
+
+    if tile is None:
+        if working_size is not None or overlap != 32:
+            raise ConfigError("--tile-overlap and --working-size apply to tiled training; add --tile SIZE")
+        return None
+    if image_size is not None and image_size != tile:
+        raise ConfigError(f"--tile {tile} sets the model's input size; --image-size {image_size} contradicts it "
+                          "(leave --image-size out)")
+    if tile < 32:
+        raise ConfigError(f"--tile must be at least 32 pixels, got {tile}")
+    spec = TilingSpec(overlap=overlap, working_size=working_size)
+    spec.check((tile, tile))
+    return spec
+
+
 def _method_name(method: Optional[str]) -> str:
     """``--method`` as given, or the registry's default (its first entry)."""
     if method is not None:
@@ -329,11 +347,15 @@ def train(
     require("train")
     from adexport.fit_pipeline import run_training  # noqa: PLC0415
 
-    shortcuts = _shortcuts(backbone=backbone, weights=weights, layers=layers, image_size=image_size, epochs=epochs,
-                           seed=seed)
+    tile: Annotated[Optional[int], typer.Option(help="Score at the image's own resolution, cut into tiles of this side (the model's input size, so it replaces --image-size) instead of resizing the whole image to --image-size. For small defects on large images.")] = None,
+    tile_overlap: Annotated[int, typer.Option(help="With --tile: pixels neighbouring tiles share; their maps blend over it.")] = 32,
+    working_size: Annotated[Optional[int], typer.Option(help="With --tile: resize each image so its longer side is this many pixels before tiling [default: its own size].")] = None,
+    tiling = _tiling(tile, tile_overlap, working_size, image_size)
+    shortcuts = _shortcuts(backbone=backbone, weights=weights, layers=layers,
+                           image_size=tile if tile is not None else image_size, epochs=epochs, seed=seed)
     text = run_training(dataset, out, category, _method_name(method), shortcuts=shortcuts, assignments=set_ or [],
                         holdout=holdout, device=device, feature_batch_size=batch_size, resume=resume,
-                        overwrite=overwrite, progress=_progress(quiet))
+                        overwrite=overwrite, progress=_progress(quiet), tiling=tiling)
     typer.echo(text)
 
 

@@ -114,6 +114,7 @@ def run_bench(
             timer.records.clear()
             timer.enabled = True
             latencies = []
+            tiles_before, pixels = predictor.tiles_scored, 0
             for _ in range(runs):
                 batch = [next(cycle) for _ in range(b)]
                 t = time.perf_counter()
@@ -121,8 +122,10 @@ def run_bench(
                 latencies.append(time.perf_counter() - t)
                 if any(not r.ok for r in out):
                     raise ConfigError(f"benchmark image failed to decode: {[r.error for r in out if not r.ok][0]}")
+                pixels += sum(r.size[0] * r.size[1] for r in out if r.size)
                 advance(1)
             timer.enabled = False
+            tiles = predictor.tiles_scored - tiles_before
         stage_totals = {s: float(np.sum(timer.records.get(s, [0.0]))) for s in STAGES}
         total = float(np.sum(latencies))
         results.append({
@@ -130,6 +133,9 @@ def run_bench(
             "latency_ms_per_batch": _percentiles(latencies),
             "latency_ms_per_image": _percentiles(np.asarray(latencies) / b),
             "throughput_images_per_s": b * runs / total,
+            "megapixels_per_s": pixels / 1e6 / total,  # of the images as sent
+            "tiles_per_s": tiles / total if predictor.tiled else None,
+            "tiles_per_image": tiles / (b * runs) if predictor.tiled else None,
             "stage_ms_per_image": {s: 1000.0 * v / (b * runs) for s, v in stage_totals.items()},
             "stage_share": {s: v / total for s, v in stage_totals.items()},
             "other_ms_per_image": 1000.0 * (total - sum(stage_totals.values())) / (b * runs),
@@ -207,6 +213,10 @@ def format_report(r: dict[str, Any]) -> str:
         split = " ".join(f"{x['stage_ms_per_image'][s]:>8.2f} ms {x['stage_share'][s]:>4.0%}" for s in STAGES)
         lines.append(f"  {x['batch_size']:>5} {lat['p50']:>8.1f} {lat['p90']:>8.1f} {lat['p99']:>8.1f} "
                      f"{x['latency_ms_per_image']['p50']:>7.2f} {x['throughput_images_per_s']:>7.1f}   {split}")
+    for x in r["results"]:
+        if x.get("tiles_per_s") is not None:  # a tiled bundle: what the images cost in tiles and pixels
+            lines.append(f"  batch {x['batch_size']}: {x['tiles_per_image']:.1f} tiles per image, {x['tiles_per_s']:.1f} "
+                         f"tiles/s, {x['megapixels_per_s']:.2f} megapixels/s")
     return "\n".join(lines)
 
 

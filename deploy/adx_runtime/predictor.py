@@ -8,6 +8,10 @@ normalised scores and maps, labels from the threshold.
 Maps are optional: a method that scores whole images only has ``anomaly_maps = None``.
 Maps come at the model's input size; :func:`adx_runtime.preprocess.map_to_original` brings one
 back onto the image as it was sent (``FileResult.size``).
+
+A tiled bundle (``input.tiling``) scores each image at its working size, tile by tile, and stitches
+the tiles' maps (:mod:`adx_runtime.tiling`): its maps are at the working size, one array per image
+(images may differ in size), and :meth:`Predictor.predict_tensor` scores tiles as images.
 """
 
 from __future__ import annotations
@@ -29,9 +33,13 @@ from adx_runtime.bundle import load_manifest
 from adx_runtime.errors import BundleError, ConfigError, ImageDecodeError
 from adx_runtime.images import decode_image
 from adx_runtime.postprocess import MapPostprocessor, PostprocessSpec, image_scores_from_maps
-from adx_runtime.preprocess import PreprocessConfig, preprocess_image, stack
+from adx_runtime.preprocess import PreprocessConfig, normalise_pixels, preprocess_image, stack, working_array
 from adx_runtime.runners import GraphRunner, open_runner, require_device
 from adx_runtime.scorers import create_scorer
+from adx_runtime.tiling import Stitcher, TileMaps, smooth, tile_layout
+
+#: Tiles per graph call for a tiled bundle whose graph has a dynamic batch axis.
+TILE_BATCH = 16
 
 STAGES = ("preprocess", "graph", "scoring", "postprocess")
 
@@ -41,7 +49,8 @@ class Prediction:
     """Scores of a batch of ``B`` images; maps are at the model's input size ``(H, W)``."""
 
     image_scores: np.ndarray  # (B,) raw
-    anomaly_maps: np.ndarray | None  # (B, H, W) raw; None for image-level-only methods
+    #: (B, H, W) raw; None for image-level-only methods; a tiled bundle gives a list of (H_i, W_i)
+    anomaly_maps: np.ndarray | list[np.ndarray] | None
     normalized_scores: np.ndarray  # (B,) in [0, 1], threshold at 0.5
     labels: np.ndarray  # (B,) bool: True = anomalous (raw score >= threshold)
     threshold: float  # the raw image threshold used
@@ -58,7 +67,7 @@ class FileResult:
     image_score: float | None = None
     normalized_score: float | None = None
     label: bool | None = None
-    anomaly_map: np.ndarray | None = None  # (H, W) raw, at the model's input size
+    anomaly_map: np.ndarray | None = None  # (H, W) raw, at the model's input size (tiled: the working size)
     size: tuple[int, int] | None = None  # (width, height) of the decoded image as sent
     error: str | None = None
     note: str | None = None  # something the user should know about a scored file (e.g. first frame only)
@@ -106,6 +115,12 @@ class Predictor:
         self.pixel_threshold = pixel.get("threshold")
         self.pixel_scale = pixel.get("scale")
         self.max_batch = int(graph.get("max_batch") or 0) or None
+        self.tiled = self.preprocess.tiling is not None
+        #: tiles per graph call (tiled bundles): the graph's batch limit, else TILE_BATCH
+        self.tile_batch = self.max_batch or TILE_BATCH
+        self.tile_maps = TileMaps(self.postprocess, self.preprocess.input_size) if self.tiled and self.has_map else None
+        #: tiles scored so far (tiled bundles), for `adx bench`'s tiles per second
+        self.tiles_scored = 0
         self.timer = StageTimer()
         #: files :meth:`predict_files` decodes ahead in a background thread (None: one batch; 0: none)
         self.decode_ahead: int | None = None
@@ -180,33 +195,44 @@ class Predictor:
         return self.postprocessor is not None
 
     # ------------------------------------------------------------------ scoring
+    @staticmethod
+    def _rgb(item: Any) -> Image.Image:
+        """A path, bytes, PIL image or uint8 array (``(H, W, 3)`` RGB or ``(H, W)`` grey) -> RGB image."""
+        if isinstance(item, Image.Image):
+            return item if item.mode == "RGB" else item.convert("RGB")
+        if isinstance(item, np.ndarray):
+            if item.dtype != np.uint8 or not (item.ndim == 2 or (item.ndim == 3 and item.shape[2] == 3)):
+                raise ConfigError(f"array images must be (H, W, 3) uint8 RGB or (H, W) uint8 grey, "
+                                  f"got {item.shape} {item.dtype}")
+            return Image.fromarray(item, mode="RGB" if item.ndim == 3 else "L").convert("RGB")
+        return decode_image(item)
+
+    def prepare(self, img: Image.Image) -> np.ndarray:
+        """The first step of scoring one RGB image: the graph input ``(C, H, W)`` float32, or for a
+        tiled bundle the working image ``(H, W, C)`` uint8 the tiles are cut from."""
+        return working_array(img, self.preprocess) if self.tiled else preprocess_image(img, self.preprocess)
+
     def to_tensor(self, images: Sequence[Any]) -> np.ndarray:
         """Paths, bytes, PIL images or uint8 arrays (``(H, W, 3)`` RGB or ``(H, W)`` grey) ->
-        ``(B, C, H, W)`` float32."""
-        tensors = []
-        for item in images:
-            if isinstance(item, Image.Image):
-                img = item if item.mode == "RGB" else item.convert("RGB")
-            elif isinstance(item, np.ndarray):
-                if item.dtype != np.uint8 or not (item.ndim == 2 or (item.ndim == 3 and item.shape[2] == 3)):
-                    raise ConfigError(f"array images must be (H, W, 3) uint8 RGB or (H, W) uint8 grey, "
-                                      f"got {item.shape} {item.dtype}")
-                img = Image.fromarray(item, mode="RGB" if item.ndim == 3 else "L").convert("RGB")
-            else:
-                img = decode_image(item)
-            tensors.append(preprocess_image(img, self.preprocess))
-        return stack(tensors)
+        ``(B, C, H, W)`` float32 (a tiled bundle: each image resized whole to one tile, which is not
+        how it scores images; :meth:`predict` tiles them)."""
+        return stack([preprocess_image(self._rgb(item), self.preprocess) for item in images])
 
     def predict(self, images: Sequence[Any]) -> Prediction:
         """Score a batch. Raises :class:`ImageDecodeError` on the first bad file; use
         :meth:`predict_files` to report bad files and score the rest."""
         t0 = time.perf_counter()
-        x = self.to_tensor(images)
+        prepared = [self.prepare(self._rgb(item)) for item in images]
         self.timer.add("preprocess", time.perf_counter() - t0)
-        return self.predict_tensor(x)
+        return self.predict_prepared(prepared)
+
+    def predict_prepared(self, prepared: Sequence[np.ndarray]) -> Prediction:
+        """Score what :meth:`prepare` gave for each image."""
+        return self.predict_tiled(prepared) if self.tiled else self.predict_tensor(stack(prepared))
 
     def predict_tensor(self, x: np.ndarray) -> Prediction:
-        """Score preprocessed input ``(B, C, H, W)`` float32."""
+        """Score preprocessed input ``(B, C, H, W)`` float32 (a tiled bundle: tiles, each scored as an
+        image, as export's parity check compares them with the torch model)."""
         expected = (self.preprocess.channels, *self.preprocess.input_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ConfigError(f"input must be (B, {', '.join(map(str, expected))}), got {x.shape}")
@@ -263,6 +289,88 @@ class Predictor:
             threshold=self.image_threshold,
         )
 
+    def predict_tiled(self, images: Sequence[np.ndarray]) -> Prediction:
+        """Score working images ``(H_i, W_i, C)`` uint8 of a tiled bundle: their tiles go through the
+        graph and the scorer in chunks of :attr:`tile_batch` (tiles of consecutive images share a
+        chunk), each image's tile maps are stitched, smoothed and scored as soon as its last tile is
+        done, so only the images whose tiles are in flight hold a canvas."""
+        if self.runner is None:
+            raise ConfigError("this predictor was opened without its graph (graph=False); it scores graph outputs "
+                              "only (score_outputs)")
+        cfg = self.preprocess
+        th, tw = cfg.input_size
+        n = len(images)
+        scores = np.zeros(n, np.float32)
+        maps: list[np.ndarray] = [np.zeros((0, 0), np.float32)] * n
+        layouts = [tile_layout(img.shape[:2], cfg) for img in images]
+        stitchers: dict[int, Stitcher] = {}
+        tile_scores = [np.full(layout.count, -np.inf, np.float32) for layout in layouts]
+        done = [0] * n
+        buf: list[np.ndarray] = []
+        owners: list[tuple[int, int]] = []
+
+        def finish(i: int) -> None:
+            t0 = time.perf_counter()
+            if self.tile_maps is not None:
+                with self._one_blas_thread():
+                    maps[i] = smooth(stitchers.pop(i).result(), self.postprocess)
+            if self.postprocess.image_score == "scorer":
+                scores[i] = float(tile_scores[i].max())  # the image's score is its most anomalous tile's
+            else:
+                scores[i] = float(image_scores_from_maps(maps[i][None], self.postprocess)[0])
+            self.timer.add("postprocess", time.perf_counter() - t0)
+
+        def run_chunk() -> None:
+            t0 = time.perf_counter()
+            outputs = self.runner.run(stack(buf))  # type: ignore[union-attr]
+            t1 = time.perf_counter()
+            out = self.scorer(outputs)
+            t2 = time.perf_counter()
+            self.timer.add("graph", t1 - t0)
+            self.timer.add("scoring", t2 - t1)
+            if self.postprocess.image_score == "scorer":
+                if out.image_scores is None:
+                    raise BundleError("the manifest's image-score rule is 'scorer' but the scorer gave no image "
+                                      "scores; re-export the bundle")
+                for (i, j), v in zip(owners, np.asarray(out.image_scores, np.float32)):
+                    tile_scores[i][j] = v
+            if self.tile_maps is not None:
+                if out.patch_maps is None:
+                    raise BundleError("the manifest promises a map but the scorer gave none; re-export the bundle")
+                with self._one_blas_thread():
+                    tiles = self.tile_maps(out.patch_maps)
+                for (i, j), tile in zip(owners, tiles):
+                    if i not in stitchers:
+                        stitchers[i] = Stitcher(layouts[i])
+                    stitchers[i].add(j, tile)
+            self.timer.add("postprocess", time.perf_counter() - t2)
+            self.tiles_scored += len(buf)
+            for i, _ in owners:
+                done[i] += 1
+            for i in sorted({i for i, _ in owners}):
+                if done[i] == layouts[i].count:
+                    finish(i)
+            buf.clear()
+            owners.clear()
+
+        for i, (img, layout) in enumerate(zip(images, layouts)):
+            for j, (y, x) in enumerate(layout.offsets()):
+                t0 = time.perf_counter()
+                buf.append(normalise_pixels(img[y:y + th, x:x + tw], cfg))
+                owners.append((i, j))
+                self.timer.add("preprocess", time.perf_counter() - t0)
+                if len(buf) == self.tile_batch:
+                    run_chunk()
+        if buf:
+            run_chunk()
+        return Prediction(
+            image_scores=scores,
+            anomaly_maps=maps if self.tile_maps is not None else None,
+            normalized_scores=calibration.normalise_scores(scores, self.image_threshold, self.image_scale),
+            labels=scores >= self.image_threshold,
+            threshold=self.image_threshold,
+        )
+
     def normalized_maps(self, maps: np.ndarray) -> np.ndarray:
         """Raw maps -> ``[0, 1]`` with the pixel threshold at 0.5."""
         if self.pixel_threshold is None:
@@ -277,10 +385,12 @@ class Predictor:
             img = decode_image(p)
             size = img.size
             note = img.info.get("adx_note")
-            tensor: np.ndarray | None = preprocess_image(img, self.preprocess)
+            tensor: np.ndarray | None = self.prepare(img)
             error = None
         except ImageDecodeError as exc:
             tensor, error = None, exc.reason
+        except ConfigError as exc:  # a tiled bundle and an image smaller than a tile: this image only
+            tensor, error = None, str(exc)
         self.timer.add("preprocess", time.perf_counter() - t0)
         return str(p), tensor, error, size, note
 
@@ -325,7 +435,7 @@ class Predictor:
 
         def flush() -> Iterator[FileResult]:
             good = [t for _, t, _, _, _ in pending if t is not None]
-            pred = self.predict_tensor(stack(good)) if good else None
+            pred = self.predict_prepared(good) if good else None
             j = 0
             for path, tensor, error, size, note in pending:
                 if tensor is None:

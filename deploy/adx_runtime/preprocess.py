@@ -12,6 +12,14 @@ geometry, for maps shown on the image the user sent.
 
 Every parameter lives in :class:`PreprocessConfig`, which is written into the bundle manifest, so
 the runtime does exactly what training did instead of guessing.
+
+**Tiling** (``PreprocessConfig.tiling``, a :class:`TilingSpec`): instead of resizing the whole image to
+the model's input, the image is kept at its own resolution (or resized to a stated working size, its
+longer side), then cut into tiles of the model's input size that overlap by ``overlap`` pixels. The
+model sees every tile as it would see an image; :mod:`adx_runtime.tiling` stitches the tiles' maps
+back onto the working image. Border tiles are **shifted inward** (the last tile of a row ends at the
+image's edge and overlaps its neighbour more), never padded: padding would show the model pixels no
+camera took (a mirrored or black border), which it would score as anomalous at every image's edge.
 """
 
 from __future__ import annotations
@@ -41,6 +49,57 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 COLOURS = {"RGB": 3, "L": 1}
 
 
+#: How tiles at an image's edge are placed, and how overlapping tile maps are blended (recorded in the
+#: manifest so a reader in another language does the same; the only values this runtime writes).
+TILE_BORDER = "shift-inward"
+TILE_BLEND = "linear-ramp"
+
+
+@dataclass(frozen=True)
+class TilingSpec:
+    """How an image is cut into tiles of the model's input size (``PreprocessConfig.resize``).
+
+    ``overlap``: pixels shared by neighbouring tiles (stride = tile - overlap); their maps are blended
+    over the overlap with weights that ramp linearly and sum to one. ``working_size``: the longer side
+    the image is resized to before tiling (``None``: its own resolution)."""
+
+    overlap: int = 32
+    working_size: int | None = None
+
+    def check(self, tile: tuple[int, int]) -> None:
+        if isinstance(self.overlap, bool) or not isinstance(self.overlap, int) or not 0 <= 2 * self.overlap <= min(tile):
+            raise ConfigError(f"tile overlap must be a whole number of pixels from 0 to half the tile "
+                              f"({min(tile) // 2}), got {self.overlap!r}")
+        if self.working_size is not None and (isinstance(self.working_size, bool) or not isinstance(self.working_size, int)
+                                              or not max(tile) <= self.working_size <= 65536):
+            raise ConfigError(f"working size (the longer side images are resized to before tiling) must be a whole "
+                              f"number of pixels from the tile size {max(tile)} to 65536, got {self.working_size!r}")
+
+    def to_dict(self, tile: tuple[int, int]) -> dict[str, Any]:
+        return {"tile": list(tile), "overlap": self.overlap,
+                "stride": [tile[0] - self.overlap, tile[1] - self.overlap],
+                "working_size": self.working_size, "border": TILE_BORDER, "blend": TILE_BLEND}
+
+    @classmethod
+    def from_dict(cls, d: Any, tile: tuple[int, int]) -> "TilingSpec":
+        if not isinstance(d, dict):
+            raise BundleError("manifest input.tiling must be an object; re-export the bundle")
+        try:
+            spec = cls(overlap=d["overlap"], working_size=d["working_size"])
+            ok = (list(d["tile"]) == list(tile) and list(d["stride"]) == [tile[0] - spec.overlap, tile[1] - spec.overlap]
+                  and d["border"] == TILE_BORDER and d["blend"] == TILE_BLEND)
+        except (KeyError, TypeError) as exc:
+            raise BundleError(f"manifest input.tiling is malformed ({type(exc).__name__}: {exc}); re-export the bundle") from None
+        if not ok:
+            raise BundleError(f"manifest input.tiling {d} does not fit the input size {list(tile)} (tile = input size, "
+                              f"stride = tile - overlap, border {TILE_BORDER!r}, blend {TILE_BLEND!r}); re-export the bundle")
+        try:
+            spec.check(tile)
+        except ConfigError as exc:
+            raise BundleError(f"manifest input.tiling: {exc}") from None
+        return spec
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
     """The input contract of a model; one field per step, all recorded in the manifest."""
@@ -54,6 +113,7 @@ class PreprocessConfig:
     colour: str = "RGB"  # graph input colour: RGB (3 channels) or L (1 channel, grayscale)
     layout: str = "NCHW"
     dtype: str = "float32"
+    tiling: TilingSpec | None = None  # None: the whole image is resized to ``resize``
 
     def __post_init__(self) -> None:
         if self.interpolation not in _INTERPOLATIONS:
@@ -77,6 +137,10 @@ class PreprocessConfig:
         if len(self.mean) != n or len(self.std) != n or min(self.std) <= 0:
             raise ConfigError(f"colour {self.colour} needs {n} mean and std value(s) (std > 0); "
                               f"got mean {self.mean}, std {self.std}")
+        if self.tiling is not None:
+            if self.center_crop is not None:
+                raise ConfigError("tiling and a centre crop do not go together: a tiled model sees the whole image")
+            self.tiling.check(self.resize)
 
     @property
     def channels(self) -> int:
@@ -100,12 +164,17 @@ class PreprocessConfig:
         d["std"] = list(self.std)
         d["input_size"] = list(self.input_size)
         d["channels"] = self.channels
+        del d["tiling"]
+        if self.tiling is not None:  # absent when untiled: untiled manifests stay as they were
+            d["tiling"] = self.tiling.to_dict(self.resize)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PreprocessConfig":
+        tiling = TilingSpec.from_dict(d["tiling"], tuple(d["resize"])) if d.get("tiling") is not None else None
         try:
             return cls(
+                tiling=tiling,
                 resize=tuple(d["resize"]),
                 interpolation=d["interpolation"],
                 center_crop=tuple(d["center_crop"]) if d.get("center_crop") else None,
@@ -174,6 +243,50 @@ def load_image(source: ImageSource, cfg: PreprocessConfig, **decode_kwargs: Any)
     return preprocess_image(decode_image(source, **decode_kwargs), cfg)
 
 
+# ------------------------------------------------------------------------------------ tiling
+def working_array(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
+    """A tiled model's first half: an RGB image -> ``(H, W, C)`` uint8 at the working resolution
+    (the image's own, or its longer side resized to ``tiling.working_size``) in the graph's colour.
+    Raises :class:`ConfigError` when a side is shorter than the tile."""
+    if cfg.tiling is None:
+        raise ConfigError("working_array is for tiled input contracts; this one resizes the whole image")
+    w0, h0 = img.size
+    size = working_size((w0, h0), cfg)
+    if size != (w0, h0):
+        img = img.resize(size, _INTERPOLATIONS[cfg.interpolation])
+    if cfg.colour != img.mode:
+        img = img.convert(cfg.colour)
+    arr = np.asarray(img)
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def working_size(size: tuple[int, int], cfg: PreprocessConfig) -> tuple[int, int]:
+    """Pillow ``(width, height)`` of the image as sent -> ``(width, height)`` the tiles are cut from;
+    refused when a side would be shorter than a tile."""
+    assert cfg.tiling is not None
+    w0, h0 = size
+    target = cfg.tiling.working_size
+    w, h = (w0, h0) if target is None else (max(1, round(w0 * target / max(w0, h0))), max(1, round(h0 * target / max(w0, h0))))
+    th, tw = cfg.resize
+    if h < th or w < tw:
+        what = f"{w0} x {h0}" + (f" (resized to {w} x {h} by the working size {target})" if (w, h) != (w0, h0) else "")
+        raise ConfigError(f"the image is {what}, smaller than the bundle's {tw} x {th} tiles; a tiled model needs "
+                          "images at least one tile wide and high")
+    return (w, h)
+
+
+def tile_offsets(n: int, tile: int, overlap: int) -> list[int]:
+    """Start positions of tiles of ``tile`` pixels along a side of ``n >= tile`` pixels, ``tile -
+    overlap`` apart; the last one is shifted inward to end at the edge (never past it)."""
+    if n < tile:
+        raise ConfigError(f"a side of {n} px is shorter than the tile ({tile} px)")
+    stride = tile - overlap
+    starts = list(range(0, n - tile + 1, stride))
+    if starts[-1] != n - tile:
+        starts.append(n - tile)
+    return starts
+
+
 def stack(tensors: Sequence[np.ndarray]) -> np.ndarray:
     """``[(C, H, W), ...] -> (B, C, H, W)`` contiguous float32."""
     return np.ascontiguousarray(np.stack(tensors, axis=0), dtype=np.float32)
@@ -188,6 +301,11 @@ def map_to_original(anomaly_map: np.ndarray, original_size: tuple[int, int], cfg
     bilinear float resize. The result is float32 with the map's own units.
     """
     m = np.asarray(anomaly_map, np.float32)
+    if cfg.tiling is not None:  # a tiled map is at the working size, the image's own unless resized
+        w0, h0 = original_size
+        if m.shape != (h0, w0):
+            m = np.asarray(Image.fromarray(m, mode="F").resize((w0, h0), Image.Resampling.BILINEAR), np.float32)
+        return m
     box = _crop_box(cfg)
     if box is not None:
         left, top, right, bottom = box
@@ -202,6 +320,9 @@ def map_to_original(anomaly_map: np.ndarray, original_size: tuple[int, int], cfg
 def preprocess_mask(mask: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     """A boolean ground-truth mask ``(h, w)`` -> the model's geometry ``(H, W)`` (nearest resize)."""
     img = Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
+    if cfg.tiling is not None:  # the map of a tiled model is at the working size
+        size = working_size(img.size, cfg)
+        return np.asarray(img if img.size == size else img.resize(size, Image.Resampling.NEAREST)) > 127
     h, w = cfg.resize
     if img.size != (w, h):
         img = img.resize((w, h), Image.Resampling.NEAREST)

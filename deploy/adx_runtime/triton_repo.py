@@ -225,6 +225,12 @@ def write_repository(bundle: str | Path, out: str | Path, *, name: str | None = 
     """
     src = Path(bundle)
     manifest = load_manifest(src, verify=True)
+    if manifest["input"].get("tiling") is not None:
+        # Triton's ensemble passes one fixed-size tensor per image between its models; a tiled bundle
+        # needs a variable number of tiles per image and a stitch across them, which its scorer
+        # model does not do yet. Refused rather than served as if it were untiled.
+        raise ConfigError(f"bundle {str(src)!r} is tiled (input.tiling); `adx triton-repo` does not serve tiled bundles "
+                          "yet: serve it with `adx serve`, or export an untiled bundle for Triton")
     sha = sha256_file(src / MANIFEST)
     name = name or model_name(manifest)
     if not re.fullmatch(r"[A-Za-z0-9_-]+", name):

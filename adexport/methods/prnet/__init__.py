@@ -76,6 +76,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -94,7 +95,7 @@ from adexport.training import EpochDataset, TrainingOptions, TrainingRun, fit_ne
 from adx_runtime.datasets import Sample
 from adx_runtime.errors import ConfigError
 from adx_runtime.postprocess import PostprocessSpec
-from adx_runtime.preprocess import PreprocessConfig
+from adx_runtime.preprocess import PreprocessConfig, TilingSpec
 from adx_runtime.progress import SILENT, Progress
 
 PAPER_IMAGE_SIZE = 256  # the image side the paper's top-k image score is given for
@@ -202,7 +203,7 @@ class FittedPRNet(MapMethod):
 
 
 def fit(config: PRNetConfig, samples: Sequence[Sample], *, device: str = "cpu", feature_batch_size: int = 8,
-        progress: Progress = SILENT, run: TrainingRun | None = None) -> FittedPRNet:
+        progress: Progress = SILENT, tiling: TilingSpec | None = None, run: TrainingRun | None = None) -> FittedPRNet:
     """Prototypes from the normal images, then the segmentation network on synthetic (and real)
     anomalies; the encoder stays frozen.
 
@@ -210,7 +211,7 @@ def fit(config: PRNetConfig, samples: Sequence[Sample], *, device: str = "cpu", 
     optimiser's batch is ``config.batch_size``.
     """
     clock = PhaseClock()
-    encoder, preprocess = backbone_and_preprocess(config)
+    encoder, preprocess = backbone_and_preprocess(config, tiling)
     _check_size(config, encoder.info)
     category = training_category(samples)
     textures = texture_source(config.textures, category)
@@ -222,7 +223,7 @@ def fit(config: PRNetConfig, samples: Sequence[Sample], *, device: str = "cpu", 
     augment = make_augment(textures, config.image_size, p_anomaly=config.p_anomaly, real=real, p_real=config.p_real)
     data = EpochDataset(samples, preprocess, augment=augment, progress=progress)
     clock.lap("setup")
-    features = encode_images(encoder, data.images, preprocess, batch_size=feature_batch_size, device=device)
+    features = encode_images(encoder, data.raw(np.arange(len(data))), preprocess, batch_size=feature_batch_size, device=device)
     prototypes = fit_prototypes(features, config.prototype_ratio, config.seed)
     graph = build_graph(config, encoder, prototypes)
     clock.lap("prototypes")

@@ -112,6 +112,20 @@ def manifest_schema() -> dict[str, Any]:
                     "std": {"type": "array", "items": _POSITIVE, "minItems": 1},
                     "colour": {"enum": list(COLOURS)}, "layout": {"const": "NCHW"}, "dtype": {"const": "float32"},
                     "input_size": _PAIR, "channels": _COUNT,
+                    "tiling": {
+                        "type": "object",
+                        "description": "absent: the whole image is resized to `resize`. Present: the image is kept "
+                                       "at its own size (or its longer side resized to working_size), cut into "
+                                       "tiles of `tile` (= resize) every `stride` pixels, the last tile of a row or "
+                                       "column shifted inward to end at the edge; tile maps are upsampled, blended "
+                                       "with weights ramping linearly over the overlap (divided by their sum), then "
+                                       "smoothed over the whole image",
+                        "required": ["tile", "overlap", "stride", "working_size", "border", "blend"],
+                        "properties": {"tile": _PAIR, "stride": _PAIR, "overlap": {"type": "integer", "minimum": 0},
+                                       "working_size": {"anyOf": [{"type": "null"}, _COUNT]},
+                                       "border": {"const": "shift-inward"}, "blend": {"const": "linear-ramp"}},
+                        "additionalProperties": False,
+                    },
                 },
             },
             "graph": {
