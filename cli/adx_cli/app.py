@@ -276,17 +276,29 @@ def demo_data(
     n_test_defect: Annotated[int, typer.Option(help="Test images per defect type.")] = 5,
     image_size: Annotated[int, typer.Option(help="Side of the square images, in pixels.")] = 160,
     seed: Annotated[int, typer.Option(help="Same seed, same bytes.")] = 0,
+    test_defects: Annotated[str, typer.Option(help=(
+        "Family of the test defects: 'demo' = each category's own kinds, painted with the primitives the "
+        "CutPaste/PRNet anomaly synthesis also uses (defects like the synthesis); 'field' = scratch, crack, "
+        "pit, stain, burn from an independent module (defects unlike it). train/good and test/good are "
+        "identical either way, so write the two families to two folders and evaluate one model on both."))] = "demo",
+    defect_scale: Annotated[str, typer.Option(help=(
+        "'normal' = defects sized relative to the image; 'small' = the few-pixel defects of a megapixel "
+        "camera (scratches 1-2 px wide, hairline cracks, pits 1-3 px, stains 6-14 px, burns 5-12 px), "
+        "with --test-defects field only. High resolution: --image-size 1024 --defect-scale small "
+        "--test-defects field."))] = "normal",
     quiet: Quiet = False,
 ) -> None:
     """Generate the built-in demo dataset: textures with defects and masks, deterministic, no download."""
     from adx_synth import count_demo_images, generate_demo_dataset  # noqa: PLC0415
 
     cats = [c.strip() for c in categories.split(",")] if categories else None
-    total = count_demo_images(cats, n_train=n_train, n_test_good=n_test_good, n_test_per_defect=n_test_defect)
+    total = count_demo_images(cats, n_train=n_train, n_test_good=n_test_good, n_test_per_defect=n_test_defect,
+                              test_defects=test_defects)
     with _progress(quiet).task(f"Writing {total} images", total) as advance:
         summary = generate_demo_dataset(out, cats, n_train=n_train, n_test_good=n_test_good,
                                         n_test_per_defect=n_test_defect, image_size=image_size, seed=seed,
-                                        progress=advance)
+                                        progress=advance, test_defects=test_defects,
+                                        defect_scale=defect_scale)
     for cat, counts in summary.items():
         typer.echo(f"{out / cat}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 

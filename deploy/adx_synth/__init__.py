@@ -5,6 +5,9 @@ these generators: texture categories with defects and exact masks (:func:`genera
 and handwritten-like digits for one-class experiments (:func:`generate_digits`). The defect
 primitives (alpha shapes, strokes, warps, fills) work on any image, and :mod:`adx_synth.anomalies`
 synthesises training anomalies (CutPaste, CutPaste-scar, Perlin texture anomalies) on real images.
+:mod:`adx_synth.field_defects` draws evaluation defects (scratches, cracks, pits, stains, burns)
+that share no code with that synthesis: :func:`apply_random_defect`, and the demo's ``field``
+test-defect family.
 
 Imports only numpy, Pillow and the standard library (scikit-learn on request). Nothing happens at
 import time.
@@ -40,24 +43,39 @@ from adx_synth.defects import (
     tint,
 )
 from adx_synth.digits import generate_digits, render_digit, write_sklearn_digits
+from adx_synth.field_defects import (
+    FIELD_DEFECT_KINDS,
+    FIELD_DEFECT_SCALES,
+    FieldDefect,
+    apply_random_defect,
+    render_field_defect,
+)
 from adx_synth.writer import (
+    DEFECT_SCALES,
     DEFECT_TYPES,
     DEMO_CATEGORIES,
     EXTRA_CATEGORIES,
+    TEST_DEFECT_FAMILIES,
     count_demo_images,
     generate_demo_dataset,
 )
 
 __all__ = [
     "ANOMALY_KINDS",
+    "DEFECT_SCALES",
     "DEFECT_TYPES",
     "DEMO_CATEGORIES",
     "EXTRA_CATEGORIES",
+    "FIELD_DEFECT_KINDS",
+    "FIELD_DEFECT_SCALES",
+    "FieldDefect",
     "Synthetic",
+    "TEST_DEFECT_FAMILIES",
     "TextureSource",
     "VARIANTS",
     "alpha_centroid",
     "anomaly_batch",
+    "apply_random_defect",
     "bilinear_sample",
     "blob_alpha",
     "bump_warp",
@@ -75,6 +93,7 @@ __all__ = [
     "random_centre",
     "random_walk",
     "render_digit",
+    "render_field_defect",
     "scar",
     "stroke_alpha",
     "texture_anomaly",
