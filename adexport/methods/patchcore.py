@@ -24,7 +24,7 @@ from torch import nn
 
 from adexport.backbones import DEFAULT_BACKBONE, BackboneInfo, FeatureExtractor, build_architecture
 from adexport.banks import write_faiss_bank, write_npz_bank
-from adexport.coreset import greedy_coreset
+from adexport.coreset import select_coreset
 from adexport.methods.base import (TOLERANCE_APPROXIMATE_INDEX, TOLERANCE_EXACT, ExportProperties, FittedMethod, Reference,
                                    backbone_and_preprocess, config_from_dict, graph_tensors, load_graph_tensors,
                                    run_graph)
@@ -50,6 +50,7 @@ class PatchCoreConfig:
     target_dim: int | None = None  # patch feature size D; None = the stages' channels concatenated
     coreset_ratio: float = 0.1  # |coreset| / |all training patches|
     projection_dim: int = 128  # random projection used only while selecting the coreset
+    coreset_presample: int = 200_000  # more patches than this: coreset chosen from a random sample of this many; 0 = all
     num_neighbors: int = 3  # b of eq. 7 (image-score reweighting); 1 disables it
     blur_sigma: float = 4.0  # Gaussian smoothing of the upsampled map, in pixels
     seed: int = 0  # random projection and coreset start; weights when weights=random
@@ -57,6 +58,7 @@ class PatchCoreConfig:
     #: Valid ranges, checked by adexport.methods.options.check_options.
     LIMITS: ClassVar[dict[str, str]] = {
         "image_size": ">= 32", "target_dim": ">= 1", "coreset_ratio": "fraction", "projection_dim": ">= 1",
+        "coreset_presample": ">= 0",
         "num_neighbors": ">= 1", "blur_sigma": ">= 0", "seed": "seed"}
 
     def __post_init__(self) -> None:
@@ -204,15 +206,14 @@ def fit(config: PatchCoreConfig, samples: Sequence[Sample], *, device: str = "cp
     features = np.concatenate([o.reshape(-1, graph.feature_dim).numpy() for o in outputs])
     clock.lap("feature_extraction")
 
-    n_select = max(1, int(round(config.coreset_ratio * len(features))))
-    if n_select < len(features):
-        idx = greedy_coreset(features, n_select, projection_dim=config.projection_dim, seed=config.seed,
-                             progress=progress)
-        bank = features[idx]
-    else:
-        bank = features
+    # Below coreset_presample patches: the exact greedy, as always; above: among a random pre-sample.
+    idx = select_coreset(features, config.coreset_ratio, presample=config.coreset_presample,
+                         projection_dim=config.projection_dim, seed=config.seed, progress=progress)
+    bank = features if len(idx) == len(features) else features[idx]
+    candidates = min(len(features), config.coreset_presample or len(features))  # patches the greedy chose from
     clock.lap("coreset_selection")
 
     fitted = FittedPatchCore(config, preprocess, graph, torch.from_numpy(np.ascontiguousarray(bank)))
     return record_fit(fitted, clock, fit_images=len(samples) - len(skipped.files), skipped=skipped.files,
-                      sizes={"patches": len(features), "memory_bank": len(bank), "feature_dim": int(bank.shape[1])})
+                      sizes={"patches": len(features), "coreset_candidates": candidates, "memory_bank": len(bank),
+                             "feature_dim": int(bank.shape[1])})
