@@ -233,3 +233,13 @@ def test_watch_help_and_no_torch() -> None:
     proc = subprocess.run([sys.executable, "-c", "import sys, adx_runtime.watch.loop; "
                            "assert not any(m.split('.')[0] == 'torch' for m in sys.modules)"], capture_output=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_output_to_dev_null_is_not_fsynced(tmp_path: Path) -> None:
+    """--output /dev/null (or a pipe) cannot be fsynced; the sink writes to it without an error."""
+    from adx_runtime.watch import JsonLinesSink
+
+    sink = JsonLinesSink("/dev/null")
+    sink.open()
+    sink.write([{"path": "a.png", "image_score": 1.0}])
+    sink.close()

@@ -347,6 +347,9 @@ def train(
     batch_size: Annotated[int, typer.Option(help="Images per forward pass for feature extraction and calibration (a trained method's optimiser batch is --set batch_size=N).")] = 8,
     resume: Annotated[bool, typer.Option(help="Trained methods: go on from OUT.checkpoint.pt (written every checkpoint_every epochs and on Ctrl-C).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it is a fitted model written by `adx train` (anything else is refused).")] = False,
+    tile: Annotated[Optional[int], typer.Option(help="Score at the image's own resolution, cut into tiles of this side (the model's input size, so it replaces --image-size) instead of resizing the whole image to --image-size. For small defects on large images.")] = None,
+    tile_overlap: Annotated[int, typer.Option(help="With --tile: pixels neighbouring tiles share; their maps blend over it.")] = 32,
+    working_size: Annotated[Optional[int], typer.Option(help="With --tile: resize each image so its longer side is this many pixels before tiling [default: its own size].")] = None,
     quiet: Quiet = False,
 ) -> None:
     """Fit a method on the normal images of one category and write the fitted model (safetensors + JSON).
@@ -359,9 +362,6 @@ def train(
     require("train")
     from adexport.fit_pipeline import run_training  # noqa: PLC0415
 
-    tile: Annotated[Optional[int], typer.Option(help="Score at the image's own resolution, cut into tiles of this side (the model's input size, so it replaces --image-size) instead of resizing the whole image to --image-size. For small defects on large images.")] = None,
-    tile_overlap: Annotated[int, typer.Option(help="With --tile: pixels neighbouring tiles share; their maps blend over it.")] = 32,
-    working_size: Annotated[Optional[int], typer.Option(help="With --tile: resize each image so its longer side is this many pixels before tiling [default: its own size].")] = None,
     tiling = _tiling(tile, tile_overlap, working_size, image_size)
     shortcuts = _shortcuts(backbone=backbone, weights=weights, layers=layers,
                            image_size=tile if tile is not None else image_size, epochs=epochs, seed=seed)
@@ -577,54 +577,80 @@ def _remote_model(server: str, bundle: Path, *, threshold: Optional[float], save
 @handle_errors
 def watch(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder written by `adx export`.")],
-    folder: Annotated[Path, typer.Argument(help="Hot folder: every image that appears in it is scored once (sub-folders are not watched).")],
+    source: Annotated[str, typer.Argument(metavar="SOURCE", help="A hot folder (every image that appears in it is scored once; sub-folders are not watched), a video file, a stream URL (rtsp://, http(s):// MJPEG, ...) or a camera (/dev/video0 or 0).")],
     output: Annotated[str, typer.Option("--output", "-o", help="Result file (JSON lines, appended), or - for standard output.")] = "-",
-    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for the journal of scored files [default: FOLDER/.adx-watch].")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for the journal of scored files and the dead-letter files of --webhook and --mqtt [default: FOLDER/.adx-watch; ./.adx-watch for a video source].")] = None,
     no_journal: Annotated[bool, typer.Option("--no-journal", help="Keep no journal: a restart scores every image in the folder again.")] = False,
     move: Annotated[bool, typer.Option("--move", help="Move each scored image into FOLDER/done/ (or FOLDER/failed/ when it could not be scored).")] = False,
     poll: Annotated[bool, typer.Option("--poll", help="Poll the folder instead of using file events (network shares).")] = False,
     settle_ms: Annotated[float, typer.Option(help="Without a close or rename event, a file is complete once its size and time stay unchanged this long.")] = 1000.0,
-    max_batch: Annotated[int, typer.Option(help="Images scored together at most.")] = 8,
+    max_batch: Annotated[int, typer.Option(help="Images or frames scored together at most; a live source keeps only this many newest frames.")] = 8,
     max_delay_ms: Annotated[float, typer.Option(help="How long a waiting image may wait for others to fill a batch.")] = 50.0,
     max_images: Annotated[Optional[int], typer.Option(help="Stop after this many images.")] = None,
     max_seconds: Annotated[Optional[float], typer.Option(help="Stop after this many seconds.")] = None,
     status_every: Annotated[float, typer.Option(help="Seconds between status lines on standard error.")] = 10.0,
+    every: Annotated[int, typer.Option("--every", help="Video: score every Nth frame read (1: every frame).")] = 1,
+    roi: Annotated[Optional[str], typer.Option("--roi", help="Region x,y,w,h (pixels of the source image or frame) cut out before the bundle's own preprocessing [default: the whole picture].")] = None,
+    realtime: Annotated[bool, typer.Option("--realtime", help="Read a video file at its own frame rate, as a live camera (frames dropped when scoring lags), to rehearse a line with a recording.")] = False,
+    save_anomalies: Annotated[Optional[Path], typer.Option("--save-anomalies", help="Save each anomalous image or frame with its heatmap overlay (JPEG) in this folder; the record gets its path as 'saved'.")] = None,
+    save_normal_every: Annotated[int, typer.Option("--save-normal-every", help="With --save-anomalies: also save every Nth normal one, for audits (0: none).")] = 0,
     webhook: Annotated[Optional[str], typer.Option("--webhook", help="Also POST each record as JSON to this http(s) URL, in order, retried with backoff on its own thread.")] = None,
     webhook_timeout: Annotated[float, typer.Option(help="At stop, seconds the webhook may take to deliver what it holds; the rest goes to OUT/webhook-undelivered.jsonl and the exit status is 3.")] = 10.0,
+    mqtt: Annotated[Optional[str], typer.Option("--mqtt", help="Also publish each record as JSON to an MQTT broker, QoS 1, on TOPIC-PREFIX/SOURCE-NAME (the folder's, stream's or camera's last name part): mqtt://[USER:PASSWORD@]HOST[:PORT]/TOPIC-PREFIX, port 1883 by default; needs the mqtt extra.")] = None,
+    mqtt_timeout: Annotated[float, typer.Option(help="At stop, seconds the broker may take to acknowledge (PUBACK) what is pending; the rest goes to OUT/mqtt-undelivered.jsonl and the exit status is 3.")] = 10.0,
+    metrics_port: Annotated[Optional[int], typer.Option("--metrics-port", help="Serve Prometheus metrics (images, anomalies, errors, dropped frames, latency histogram, FPS) at http://METRICS-HOST:PORT/metrics; 0 picks a free port, and the start line says which; needs the metrics extra [default: off].")] = None,
+    metrics_host: Annotated[str, typer.Option("--metrics-host", help="Address the metrics endpoint listens on; 0.0.0.0 lets other machines scrape it (it has no authentication).")] = "127.0.0.1",
     threshold: Annotated[Optional[float], typer.Option(help="Raw image-score threshold overriding the bundle's.")] = None,
     device: Device = "cpu",
     bank_device: BankDevice = "auto",
     search_param: SearchParams = None,
     quiet: Quiet = False,
 ) -> None:
-    """Score images as they arrive in FOLDER: one JSON line per image (the `adx infer` fields plus source, timestamp, latency).
+    """Score images as they arrive in a folder, or the frames of a video file, stream or camera: one JSON line per image or frame (the `adx infer` fields plus source, timestamp, latency; frames also their index).
 
-    SIGTERM or Ctrl-C stops taking images, finishes those in hand and exits 0. A journal makes a restart score
-    nothing twice and miss nothing.
+    SIGTERM or Ctrl-C stops taking input, finishes what is in hand and exits 0. For a folder, a journal makes a
+    restart score nothing twice and miss nothing. A live stream that ends is reconnected; frames that arrive
+    while scoring lags are dropped (newest kept) and counted.
     """
     import signal  # noqa: PLC0415
     import threading  # noqa: PLC0415
 
     from adx_runtime.predictor import Predictor  # noqa: PLC0415
-    from adx_runtime.watch import JsonLinesSink, WatchOptions  # noqa: PLC0415
+    from adx_runtime.watch import JsonLinesSink, WatchOptions, frame_source, parse_roi  # noqa: PLC0415
     from adx_runtime.watch import watch as run_watch  # noqa: PLC0415
 
+    folder = Path(source)
+    is_folder = folder.is_dir()
+    state_dir = out or (folder / ".adx-watch" if is_folder else Path(".adx-watch"))
     options = WatchOptions(max_batch=max_batch, max_delay_ms=max_delay_ms, settle_ms=settle_ms, poll=poll, move=move,
-                           journal_dir=None if no_journal else (out or folder / ".adx-watch"),
-                           max_images=max_images, max_seconds=max_seconds, status_s=status_every)
+                           journal_dir=None if no_journal else state_dir,
+                           max_images=max_images, max_seconds=max_seconds, status_s=status_every,
+                           every=every, roi=parse_roi(roi), realtime=realtime, save_dir=save_anomalies,
+                           save_normal_every=save_normal_every)
     options.check()
+    log = (lambda line: None) if quiet else (lambda line: typer.echo(line, err=True))
+    # A video source is classified (and PyAV looked for) before the bundle loads: a typo is the first error.
+    watched: Any = folder if is_folder else frame_source(source, every=every, roi=options.roi, capacity=max_batch,
+                                                         realtime=realtime, log=log)
     sinks: list[Any] = [JsonLinesSink(output)]
     if webhook is not None:  # a bad URL is refused here, before the bundle loads
         from adx_runtime.watch.sinks import WebhookSink  # noqa: PLC0415
 
-        sinks.append(WebhookSink(webhook, out or folder / ".adx-watch", flush_timeout_s=webhook_timeout))
+        sinks.append(WebhookSink(webhook, state_dir, flush_timeout_s=webhook_timeout))
+    if mqtt is not None:  # a bad URL or a missing paho-mqtt is refused here, before the bundle loads
+        from adx_runtime.watch.mqtt import MqttSink  # noqa: PLC0415
+
+        sinks.append(MqttSink(mqtt, state_dir, flush_timeout_s=mqtt_timeout))
+    if metrics_port is not None:  # second, after the output file: a taken port fails before any sink thread starts
+        from adx_runtime.watch.metrics import MetricsSink  # noqa: PLC0415
+
+        sinks.insert(1, MetricsSink(metrics_port, metrics_host))
     predictor = Predictor.load(bundle, device=device, bank_device=bank_device, threshold=threshold,
                                search_params=_search_params(search_param))
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        run_watch(predictor, folder, sinks, options, stop=stop,
-                  log=(lambda line: None) if quiet else (lambda line: typer.echo(line, err=True)))
+        run_watch(predictor, watched, sinks, options, stop=stop, log=log)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -45,6 +45,7 @@ class JsonLinesSink:
         self.name = "stdout" if self.path is None else str(self.path)
         self._stream = stream
         self._own = False
+        self._sync = False
 
     def delivered(self) -> list[dict[str, Any]]:
         return [] if self.path is None else read_jsonl(self.path)
@@ -58,12 +59,15 @@ class JsonLinesSink:
         except OSError as exc:
             raise ConfigError(f"cannot open --output {str(self.path)!r}: {exc.strerror or exc}") from None
         self._own = True
+        # fsync is for files (the record survives a crash before the journal says it was scored); a
+        # pipe, a FIFO or /dev/null cannot be synced (EINVAL), and there is nothing on disk to keep
+        self._sync = os.path.isfile(self.path)
 
     def write(self, records: list[dict[str, Any]]) -> None:
         assert self._stream is not None, "open() first"
         self._stream.write("".join(json_line(r) + "\n" for r in records))
         self._stream.flush()
-        if self._own:
+        if self._own and self._sync:
             os.fsync(self._stream.fileno())
 
     def close(self) -> None:
