@@ -163,11 +163,24 @@ def _finish_moves(folder: Path, journal: Journal, log: Callable[[str], None]) ->
 
 
 def _open_sinks(sinks: Sequence[Any], stop: threading.Event, log: Callable[[str], None]) -> None:
-    for sink in sinks:
-        attach = getattr(sink, "attach", None)
-        if attach is not None:  # a sink with its own thread (the webhook) needs the stop event and the log
-            attach(stop=stop, log=log)
-        sink.open()
+    """Open every sink, or none: when one fails to open (a taken metrics port, an unwritable file),
+    those already open are closed again, so no sender thread outlives the error."""
+    opened: list[Any] = []
+    try:
+        for sink in sinks:
+            attach = getattr(sink, "attach", None)
+            if attach is not None:  # a sink with its own thread (the webhook) needs the stop event and the log
+                attach(stop=stop, log=log)
+            sink.open()
+            opened.append(sink)
+    except BaseException:
+        stop.set()
+        for sink in reversed(opened):
+            try:
+                sink.close()
+            except Exception:  # noqa: BLE001 - the first error is the one to report
+                pass
+        raise
 
 
 def _saver(options: WatchOptions, log: Callable[[str], None]) -> Saver | None:
