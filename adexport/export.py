@@ -149,6 +149,7 @@ def parity_check(fitted: FittedMethod, bundle_dir: Path, images: Sequence[str | 
     failed = [k for k, e in errors.items() if e["max_rel"] > tolerance.get(k, TOLERANCE_EXACT[k])]
     return {
         "n_images": len(images),
+        "n_tiles": len(x) if fitted.preprocess.tiling is not None else None,  # what a tiled graph was compared on
         "images": [Path(p).name for p in images],
         "device": device,
         "providers": predictor.providers,
@@ -577,12 +578,13 @@ def _compute_capability() -> str:
 def format_export_summary(manifest: dict[str, Any], out: str | Path) -> str:
     """What ``adx export`` prints: files and sizes, parity errors against their tolerances."""
     p = manifest["parity"]
+    compared = f"{p['n_images']} images" + (f" ({p['n_tiles']} tiles)" if p.get("n_tiles") else "")
     size = sum(f["bytes"] for f in manifest["files"])
     lines = [f"wrote {out} ({size / 1e6:.1f} MB: "
              + ", ".join(f"{f['path']} {f['bytes'] / 1e6:.1f} MB" for f in manifest["files"]) + ")",
              f"scoring kind {manifest['scoring']['kind']}; "
              + ("anomaly maps" if manifest["postprocess"]["map"] else "image scores only (no anomaly map)"),
-             f"parity on {p['n_images']} images, max relative error torch vs runtime: "
+             f"parity on {compared}, max relative error torch vs runtime: "
              + ", ".join(f"{k} {v['max_rel']:.2e} (tol {p['tolerance'][k]:.0e})" for k, v in p["errors"].items())]
     if "quantization" in manifest:
         q = manifest["quantization"]

@@ -32,7 +32,18 @@ STAGE_LABELS = {"preprocess": "decode+preprocess", "graph": "graph", "scoring": 
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far (Linux reports KiB)."""
+    """Peak resident set size of this process so far, in MB.
+
+    Linux: ``VmHWM`` of ``/proc/self/status``. Not ``getrusage``: its ``ru_maxrss`` survives
+    ``exec``, so a benchmark process spawned by a 2.8 GB training process reported 2.8 GB whatever
+    its bundle took. Elsewhere ``getrusage`` (KiB on Linux, bytes on macOS: this path is Linux's)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except (OSError, ValueError, IndexError):
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -121,7 +132,8 @@ def run_bench(
                 out = list(predictor.predict_files(batch, batch_size=b))
                 latencies.append(time.perf_counter() - t)
                 if any(not r.ok for r in out):
-                    raise ConfigError(f"benchmark image failed to decode: {[r.error for r in out if not r.ok][0]}")
+                    bad = next(r for r in out if not r.ok)
+                    raise ConfigError(f"benchmark image {bad.path} could not be scored: {bad.error}")
                 pixels += sum(r.size[0] * r.size[1] for r in out if r.size)
                 advance(1)
             timer.enabled = False
