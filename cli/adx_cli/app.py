@@ -278,7 +278,7 @@ def demo_data(
     seed: Annotated[int, typer.Option(help="Same seed, same bytes.")] = 0,
     test_defects: Annotated[str, typer.Option(help=(
         "Family of the test defects: 'demo' = each category's own kinds, painted with the primitives the "
-        "CutPaste/PRNet anomaly synthesis also uses (defects like the synthesis); 'field' = scratch, crack, "
+        "training anomaly synthesis (adx_synth.anomalies) also uses (defects like the synthesis); 'field' = scratch, crack, "
         "pit, stain, burn from an independent module (defects unlike it). train/good and test/good are "
         "identical either way, so write the two families to two folders and evaluate one model on both."))] = "demo",
     defect_scale: Annotated[str, typer.Option(help=(
@@ -850,6 +850,12 @@ def demo(
     results = run_demo(out, cats, method=name, options=_method_options(name, {}, set_) or None, n_train=n_train,
                        image_size=image_size, progress=_progress(quiet))
     typer.echo(format_demo(results, out))
+
+
+# `adx select` lives in its own module, which imports nothing from this one (no cycle).
+from adx_cli import select_cmd  # noqa: E402
+
+app.command("select")(handle_errors(select_cmd.select))
 
 
 class AdxCommand(TyperCommand):
