@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -174,18 +173,23 @@ def evaluate_hand_cut(bundle: Path, data: Path, tiles_root: Path, category: str,
             "pixel_auroc": metrics.pixel_auroc(k, m), "aupro": metrics.aupro(k, m)}
 
 
+# Peak RSS from /proc/self/status VmHWM: it belongs to the address space exec created, whereas
+# getrusage's ru_maxrss survives exec and would report the (large) parent's peak.
 MEMORY_SCRIPT = r"""
-import json, resource, sys, time
+import json, sys, time
+def hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
 from adx_runtime.predictor import Predictor
 pred = Predictor.load(sys.argv[1])
-rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-out = {"rss_after_load_mb": rss0}
+out = {"rss_after_load_mb": hwm()}
 for path in sys.argv[2:]:
     t = time.perf_counter()
     r = next(pred.predict_files([path], batch_size=1, keep_maps=True))
     assert r.ok, r.error
     out[path] = {"seconds": time.perf_counter() - t, "size": r.size,
-                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                 "peak_rss_mb": hwm(),
                  "tiles": pred.tiles_scored}
 print(json.dumps(out))
 """
