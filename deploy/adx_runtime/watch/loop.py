@@ -183,6 +183,16 @@ def _open_sinks(sinks: Sequence[Any], stop: threading.Event, log: Callable[[str]
         raise
 
 
+def _close(source: Any, saver: Saver | None, sinks: Sequence[Any]) -> None:
+    """Stop taking input, then finish the pictures in hand, then flush every sink (in that order:
+    a record names its saved picture)."""
+    source.stop()
+    if saver is not None:
+        saver.close()
+    for sink in sinks:
+        sink.close()
+
+
 def _saver(options: WatchOptions, log: Callable[[str], None]) -> Saver | None:
     return None if options.save_dir is None else Saver(options.save_dir, normal_every=options.save_normal_every,
                                                          log=log)
@@ -242,11 +252,7 @@ def watch(predictor: Predictor, folder: Path | str | FrameSource, sinks: Sequenc
                                                 saver, log),
              sinks, options, stats, stop, log)
     finally:
-        source.stop()
-        if saver is not None:
-            saver.close()
-        for sink in sinks:
-            sink.close()
+        _close(source, saver, sinks)
         journal.close()
     log(stats.line() + " (stopped)")
     return stats
@@ -274,11 +280,7 @@ def _watch_frames(predictor: Predictor, source: FrameSource, sinks: Sequence[Any
         _run(source.ready, lambda batch: _score_frames(predictor, source, batch, sinks, stats, saver),
              sinks, options, stats, stop, log, finished=lambda: source.finished, notes=notes)
     finally:
-        source.stop()
-        if saver is not None:
-            saver.close()
-        for sink in sinks:
-            sink.close()
+        _close(source, saver, sinks)
     stats.dropped = source.dropped
     log(stats.line() + (" (end of file)" if source.finished else " (stopped)"))
     return stats

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from adx_runtime.errors import ConfigError, DependencyError
 from adx_runtime.infer import json_line
+from adx_runtime.watch.sinks import _redacted  # the webhook's rule: no user or password in what is shown
 
 __all__ = ["DEAD_LETTER_NAME", "MqttSink", "parse_mqtt_url", "source_topic_name"]
 
@@ -34,15 +35,6 @@ KEEPALIVE_S = 30
 MAX_INFLIGHT = 20
 
 _UNSAFE = re.compile(r"[+#/\s\x00-\x1f\x7f]+")  # wildcards, the level separator, controls: not in a topic level
-
-
-def _redacted(parts: urllib.parse.SplitResult) -> str:
-    """The URL without user and password, for the start line and every message."""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port is not None else ""
-    return urllib.parse.urlunsplit((parts.scheme, host + port, parts.path, "", ""))
 
 
 def parse_mqtt_url(url: str) -> tuple[urllib.parse.SplitResult, str]:
