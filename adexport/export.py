@@ -130,12 +130,12 @@ def parity_check(fitted: FittedMethod, bundle_dir: Path, images: Sequence[str | 
     computes the graph outputs compared under ``features``; the scores and maps are the runtime's
     :class:`Predictor` on the same runner, compared with the method's own torch ``reference``.
     """
-    x = parity_inputs(fitted.preprocess, images)
-    ref = fitted.reference(torch.from_numpy(x))
+    x, tiles = parity_inputs(fitted.preprocess, images)
+    ref = fitted.reference(torch.from_numpy(x), **({} if tiles is None else {"tiles": torch.from_numpy(tiles)}))
     predictor = Predictor.load(bundle_dir, device=device, bank_device="cpu", export_in_progress=True)
     assert predictor.runner is not None  # loaded with its graph
     raw = predictor.runner.run(x)
-    run = predictor.predict_tensor(x)
+    run = predictor.predict_tensor(x, tiles)
     feature_errs = [_errors(ref.outputs[n].numpy(), raw[n]) for n in fitted.output_names]
     errors = {
         "features": max(feature_errs, key=lambda e: e["max_rel"]),
@@ -161,17 +161,20 @@ def parity_check(fitted: FittedMethod, bundle_dir: Path, images: Sequence[str | 
     }
 
 
-def parity_inputs(preprocess: PreprocessConfig, images: Sequence[str | Path]) -> np.ndarray:
-    """The graph inputs parity compares: each image preprocessed, or for a tiled contract real tiles
-    cut by the runtime's layout (each image's first and last tile: a corner and the shifted-inward
-    border tile), which the torch model and the runtime both score as images."""
+def parity_inputs(preprocess: PreprocessConfig, images: Sequence[str | Path]) -> tuple[np.ndarray, np.ndarray | None]:
+    """The graph inputs parity compares and, for a tiled contract, each one's tile position: each
+    image preprocessed, or real tiles cut by the runtime's layout (each image's first and last tile:
+    a corner and the shifted-inward border tile), which the torch model and the runtime both score
+    as images (statistics kept per tile position at that position's)."""
     if preprocess.tiling is None:
-        return stack([load_image(p, preprocess) for p in images])
-    tiles = []
+        return stack([load_image(p, preprocess) for p in images]), None
+    tiles, where = [], []
     for p in images:
         cut = image_tiles(p, preprocess)
-        tiles += [cut[0], cut[-1]] if len(cut) > 1 else cut
-    return stack(tiles)
+        picked = [0, len(cut) - 1] if len(cut) > 1 else [0]
+        tiles += [cut[j] for j in picked]
+        where += picked
+    return stack(tiles), np.array(where, np.int64)
 
 
 def _parity_images(fitted: FittedMethod, images: Sequence[str | Path] | None) -> list[Path]:
@@ -583,7 +586,9 @@ def format_export_summary(manifest: dict[str, Any], out: str | Path) -> str:
     lines = [f"wrote {out} ({size / 1e6:.1f} MB: "
              + ", ".join(f"{f['path']} {f['bytes'] / 1e6:.1f} MB" for f in manifest["files"]) + ")",
              f"scoring kind {manifest['scoring']['kind']}; "
-             + ("anomaly maps" if manifest["postprocess"]["map"] else "image scores only (no anomaly map)"),
+             + ("anomaly maps" if manifest["postprocess"]["map"] else
+                ("image scores; under tiling, a coarse map from the tile scores" if manifest["input"].get("tiling")
+                 else "image scores only (no anomaly map)")),
              f"parity on {compared}, max relative error torch vs runtime: "
              + ", ".join(f"{k} {v['max_rel']:.2e} (tol {p['tolerance'][k]:.0e})" for k, v in p["errors"].items())]
     if "quantization" in manifest:

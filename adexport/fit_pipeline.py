@@ -21,9 +21,9 @@ from adx_runtime.datasets import GOOD, CategorySplit, Sample, load_split
 from adx_runtime.errors import ConfigError, DatasetError, ImageDecodeError
 from adx_runtime.images import decode_image
 from adx_runtime.postprocess import image_scores_from_maps
-from adx_runtime.preprocess import TilingSpec
+from adx_runtime.preprocess import PreprocessConfig, TilingSpec
 from adx_runtime.progress import SILENT, Progress
-from adx_runtime.tiling import Stitcher, TileMaps, smooth, tile_layout
+from adx_runtime.tiling import Stitcher, TileMaps, coarse_map, smooth, tile_layout
 from adexport.training import TrainingRun
 
 #: Images used by the export parity check (taken from test/ when it exists).
@@ -57,13 +57,19 @@ def parity_samples(split: CategorySplit, holdout: list[Sample], n: int = PARITY_
     return picked
 
 
-def decodable(samples: list[Sample], progress: Progress = SILENT) -> tuple[list[Sample], list[tuple[str, str]]]:
-    """(samples that decode, (file, reason) of those that do not), each bad one reported."""
+def decodable(samples: list[Sample], progress: Progress = SILENT, preprocess: PreprocessConfig | None = None
+              ) -> tuple[list[Sample], list[tuple[str, str]]]:
+    """(samples that decode, (file, reason) of those that do not), each bad one reported. With a
+    tiled ``preprocess``, an image its contract cannot tile (smaller than a tile, or not the fixed
+    working size of statistics kept per tile position) is a bad one too."""
     ok: list[Sample] = []
     bad: list[tuple[str, str]] = []
     for s in samples:
         try:
-            decode_image(s.path)
+            if preprocess is not None and preprocess.tiling is not None:
+                working_tiles_source(s.path, preprocess)
+            else:
+                decode_image(s.path)
             ok.append(s)
         except ImageDecodeError as exc:
             bad.append((exc.path, exc.reason))
@@ -94,14 +100,18 @@ def _reference_batches(fitted: FittedMethod, samples: list[Sample], batch_size: 
             stitcher = Stitcher(layout) if tile_maps is not None else None
             tile_scores = []
             for start in range(0, len(tiles), batch_size):
-                ref = fitted.reference(torch.from_numpy(np.stack(tiles[start:start + batch_size])), exact=False)
+                ref = fitted.reference(torch.from_numpy(np.stack(tiles[start:start + batch_size])), exact=False,
+                                       tiles=torch.arange(start, min(start + batch_size, len(tiles))))
                 tile_scores.append(ref.image_scores.numpy())
                 if stitcher is not None:
                     if ref.patch_maps is None:
                         raise ConfigError(f"{fitted.name}'s reference gives no raw maps to stitch; it cannot be tiled")
                     for j, tile in enumerate(tile_maps(ref.patch_maps.numpy()), start):  # type: ignore[misc]
                         stitcher.add(j, tile)
-            full = smooth(stitcher.result(), spec)[None] if stitcher is not None else None
+            if stitcher is not None:
+                full = smooth(stitcher.result(), spec)[None]
+            else:  # an image-level-only method: the coarse map of its tile scores, as the runtime makes it
+                full = coarse_map(layout, np.concatenate(tile_scores))[None]
             if spec.image_score == "scorer":
                 score = np.array([np.concatenate(tile_scores).max()], np.float32)
             else:
@@ -189,10 +199,19 @@ def train(
         extra["tiling"] = tiling
     fitted = entry.fit(config, fit_samples, device=device, feature_batch_size=feature_batch_size, progress=progress,
                        **extra)
+    if fitted.preprocess.tiling is not None and fitted.preprocess.tiling.fixed_size is not None:
+        # statistics per tile position: the fit fixed the working size, which the hold-out must have too
+        held_out, wrong = decodable(held_out, progress, fitted.preprocess)
+        held_bad += wrong
+        if not held_out:
+            raise DatasetError(f"none of the train/good images held out for calibration can be scored by this model "
+                               f"({wrong[0][0]}: {wrong[0][1]}); give images of one size (nothing was saved)")
     t0 = time.perf_counter()
     fitted.calibration = calibrate(fitted, held_out, batch_size=feature_batch_size, progress=progress)
     fitted.report.phases["calibration"] = time.perf_counter() - t0
     fit_bad = list(fitted.report.skipped)
+    if fitted.preprocess.tiling is not None:  # a method that counts what it fitted on counts tiles
+        fitted.report.sizes["fit_images"] = len(fit_samples) - len(fit_bad)
     fitted.report.skipped = fit_bad + held_bad
     fitted.report.sizes["skipped_images"] = len(fitted.report.skipped)
     if held_bad:

@@ -169,7 +169,7 @@ def _identity_predictor(tile: int, overlap: int, sigma: float):
                           "outputs": [{"name": "anomaly_map", "shape": ["batch", tile, tile]}]},
                 "calibration": {"image": {"threshold": 0.5, "scale": 1.0}}}
     return Predictor(Path("."), manifest, _IdentityRunner(),
-                     lambda out: ScoreOutput(out["anomaly_map"], None), None, "cpu")
+                     lambda out, tiles=None: ScoreOutput(out["anomaly_map"], None), None, "cpu")
 
 
 def test_a_bright_pixel_peaks_where_it_is_at_the_images_size() -> None:
@@ -242,6 +242,9 @@ def tiled(request, large_dataset: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 def test_every_method_trains_exports_and_scores_on_tiles(tiled, large_dataset: Path) -> None:
+    import torch
+
+    from adexport.data import image_tiles, working_tiles_source
     from adexport.fit_pipeline import _reference_batches
     from adx_runtime.datasets import load_split
     from adx_runtime.predictor import Predictor
@@ -263,8 +266,20 @@ def test_every_method_trains_exports_and_scores_on_tiles(tiled, large_dataset: P
         for r, (_, full) in zip(got, want):
             assert r.anomaly_map.shape == (128, 128)
             assert np.abs(r.anomaly_map - full[0]).max() / np.abs(full).max() <= tol["maps"]
-    else:
-        assert all(r.anomaly_map is None for r in got)
+    else:  # an image-level method: the coarse map of its tile scores, as an independent stitch makes it
+        assert pred.has_map
+        tile, overlap = fitted.preprocess.input_size[0], fitted.preprocess.tiling.overlap
+        for s, r in zip(samples, got):
+            arr = working_tiles_source(s.path, fitted.preprocess)
+            tiles = image_tiles(s.path, fitted.preprocess)
+            tile_scores = fitted.reference(torch.from_numpy(np.stack(tiles))).image_scores.numpy()
+            offsets = list(tile_layout(arr.shape[:2], fitted.preprocess).offsets())
+            want_map = _reference_stitch(arr.shape[:2], tile, overlap,
+                                         {o: np.full((tile, tile), v) for o, v in zip(offsets, tile_scores)})
+            assert r.anomaly_map.shape == (128, 128)
+            assert np.abs(r.anomaly_map - want_map).max() / np.abs(want_map).max() <= tol["image_scores"]
+            assert r.anomaly_map.max() <= r.image_score * (1 + tol["image_scores"])
+        assert manifest["calibration"]["pixel"]["threshold"] > 0  # calibrated on the same coarse maps
 
 
 def test_tiling_is_covered_by_the_integrity_digest(tiled, tmp_path: Path) -> None:

@@ -115,8 +115,10 @@ class FittedMethod(ABC):
         """The manifest's ``postprocess`` section: map grid (or none), smoothing, image-score rule."""
 
     @abstractmethod
-    def reference(self, x: torch.Tensor, *, exact: bool = True) -> Reference:
-        """Torch scores of ``x (B, C, H, W)``; ``exact=False`` may trade float32 rounding for speed."""
+    def reference(self, x: torch.Tensor, *, exact: bool = True, tiles: torch.Tensor | None = None) -> Reference:
+        """Torch scores of ``x (B, C, H, W)``; ``exact=False`` may trade float32 rounding for speed.
+        ``tiles``: the tile position ``(B,)`` of each row under a tiled contract, read only by
+        statistics kept per tile position (PaDiM's ``tile_gaussians=per-tile``)."""
 
     @abstractmethod
     def write_scoring_data(self, bundle_dir: Path, **options: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -166,7 +168,9 @@ class FittedMethod(ABC):
         h, w = self.preprocess.input_size
         x = torch.zeros(1, self.preprocess.channels, h, w)
         try:
-            ref = self.reference(x, exact=True)
+            # a tiled model's reference takes each row's tile position (an untiled one need not accept it)
+            at = {"tiles": torch.zeros(1, dtype=torch.long)} if self.preprocess.tiling is not None else {}
+            ref = self.reference(x, exact=True, **at)
         except (RuntimeError, ValueError, IndexError, KeyError, TypeError, AssertionError, ConfigError) as exc:
             # (FAISS's Python wrappers check dimensions with assert)
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
@@ -202,7 +206,7 @@ class MapMethod(FittedMethod):
         return self._graph
 
     @torch.no_grad()
-    def reference(self, x: torch.Tensor, *, exact: bool = True) -> Reference:
+    def reference(self, x: torch.Tensor, *, exact: bool = True, tiles: torch.Tensor | None = None) -> Reference:
         raw = self._graph(x)
         maps = self.reference_maps(raw)
         return Reference({"anomaly_map": raw}, self.reference_image_scores(maps), maps, raw if raw.dim() == 3 else raw[:, 0])

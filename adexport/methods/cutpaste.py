@@ -263,7 +263,7 @@ class FittedCutPaste(FittedMethod):
         return PostprocessSpec.gaussian(self.config.grid, float(self.config.patch_stride), image_score="max")
 
     @torch.no_grad()
-    def reference(self, x: torch.Tensor, *, exact: bool = True) -> Reference:
+    def reference(self, x: torch.Tensor, *, exact: bool = True, tiles: torch.Tensor | None = None) -> Reference:
         emb = self._graph(x)
         if self.config.level == "image":
             return Reference({"embedding": emb}, mahalanobis(emb[:, None], self.mean, self.chol, exact=exact)[:, 0], None)

@@ -124,7 +124,7 @@ class FittedPatchCore(FittedMethod):
         return self._graph
 
     @torch.no_grad()
-    def reference(self, x: torch.Tensor, *, exact: bool = True) -> Reference:
+    def reference(self, x: torch.Tensor, *, exact: bool = True, tiles: torch.Tensor | None = None) -> Reference:
         feats = self._graph(x)
         B, N, D = feats.shape
         bank = self.memory_bank

@@ -134,7 +134,7 @@ class FittedSpade(FittedMethod):
         return self._graph
 
     @torch.no_grad()
-    def reference(self, x: torch.Tensor, *, exact: bool = True) -> Reference:
+    def reference(self, x: torch.Tensor, *, exact: bool = True, tiles: torch.Tensor | None = None) -> Reference:
         image_feature, fmap = self._graph(x)
         dtype = torch.float64 if exact else torch.float32
         d_img = torch.cdist(image_feature.to(dtype), self.image_features.to(dtype))  # (B, N)

@@ -36,7 +36,7 @@ from adx_runtime.postprocess import MapPostprocessor, PostprocessSpec, image_sco
 from adx_runtime.preprocess import PreprocessConfig, normalise_pixels, preprocess_image, stack, working_array
 from adx_runtime.runners import GraphRunner, open_runner, require_device
 from adx_runtime.scorers import create_scorer
-from adx_runtime.tiling import Stitcher, TileMaps, smooth, tile_layout
+from adx_runtime.tiling import Stitcher, TileMaps, coarse_map, smooth, tile_layout
 
 #: Tiles per graph call for a tiled bundle whose graph has a dynamic batch axis.
 TILE_BATCH = 16
@@ -118,7 +118,10 @@ class Predictor:
         self.tiled = self.preprocess.tiling is not None
         #: tiles per graph call (tiled bundles): the graph's batch limit, else TILE_BATCH
         self.tile_batch = self.max_batch or TILE_BATCH
-        self.tile_maps = TileMaps(self.postprocess, self.preprocess.input_size) if self.tiled and self.has_map else None
+        self.tile_maps = (TileMaps(self.postprocess, self.preprocess.input_size)
+                          if self.tiled and self.postprocess.has_map else None)
+        #: an image-level-only method under tiling: its tile scores make a coarse map (:func:`coarse_map`)
+        self.coarse_maps = self.tiled and not self.postprocess.has_map
         #: tiles scored so far (tiled bundles), for `adx bench`'s tiles per second
         self.tiles_scored = 0
         self.timer = StageTimer()
@@ -191,8 +194,9 @@ class Predictor:
 
     @property
     def has_map(self) -> bool:
-        """Whether this bundle produces anomaly maps (False: image-level scores only)."""
-        return self.postprocessor is not None
+        """Whether this bundle produces anomaly maps (False: image-level scores only; a tiled
+        image-level bundle gives the coarse map of its tile scores)."""
+        return self.postprocessor is not None or self.coarse_maps
 
     # ------------------------------------------------------------------ scoring
     @staticmethod
@@ -230,22 +234,23 @@ class Predictor:
         """Score what :meth:`prepare` gave for each image."""
         return self.predict_tiled(prepared) if self.tiled else self.predict_tensor(stack(prepared))
 
-    def predict_tensor(self, x: np.ndarray) -> Prediction:
+    def predict_tensor(self, x: np.ndarray, tiles: np.ndarray | None = None) -> Prediction:
         """Score preprocessed input ``(B, C, H, W)`` float32 (a tiled bundle: tiles, each scored as an
-        image, as export's parity check compares them with the torch model)."""
+        image, as export's parity check compares them with the torch model; ``tiles``: each one's tile
+        position, which scoring data kept per tile position needs)."""
         expected = (self.preprocess.channels, *self.preprocess.input_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ConfigError(f"input must be (B, {', '.join(map(str, expected))}), got {x.shape}")
         if self.runner is None:
             raise ConfigError("this predictor was opened without its graph (graph=False); it scores graph outputs "
                               "only (score_outputs)")
-        parts = [x[i : i + self.max_batch] for i in range(0, len(x), self.max_batch)] if self.max_batch else [x]
+        step = self.max_batch or len(x)
         preds = []
-        for part in parts:
+        for i in (range(0, len(x), step) if self.max_batch else [0]):
             t0 = time.perf_counter()
-            outputs = self.runner.run(part)
+            outputs = self.runner.run(x[i : i + step])
             self.timer.add("graph", time.perf_counter() - t0)
-            preds.append(self.score_outputs(outputs))
+            preds.append(self.score_outputs(outputs, None if tiles is None else np.asarray(tiles)[i : i + step]))
         if len(preds) == 1:
             return preds[0]
         maps = [p.anomaly_maps for p in preds if p.anomaly_maps is not None]
@@ -258,11 +263,11 @@ class Predictor:
             threshold=self.image_threshold,
         )
 
-    def score_outputs(self, outputs: dict[str, np.ndarray]) -> Prediction:
+    def score_outputs(self, outputs: dict[str, np.ndarray], tiles: np.ndarray | None = None) -> Prediction:
         """The graph's outputs (by name, batch ``B`` first) -> scorer -> post-processing -> scores and
         labels: everything after the graph, shared by :meth:`predict_tensor` and Triton's scorer model."""
         t1 = time.perf_counter()
-        out = self.scorer(outputs)
+        out = self.scorer(outputs, tiles)
         t2 = time.perf_counter()
         full = None
         if self.postprocessor is not None:
@@ -314,6 +319,8 @@ class Predictor:
             if self.tile_maps is not None:
                 with self._one_blas_thread():
                     maps[i] = smooth(stitchers.pop(i).result(), self.postprocess)
+            if self.coarse_maps:
+                maps[i] = coarse_map(layouts[i], tile_scores[i])
             if self.postprocess.image_score == "scorer":
                 scores[i] = float(tile_scores[i].max())  # the image's score is its most anomalous tile's
             else:
@@ -324,7 +331,7 @@ class Predictor:
             t0 = time.perf_counter()
             outputs = self.runner.run(stack(buf))  # type: ignore[union-attr]
             t1 = time.perf_counter()
-            out = self.scorer(outputs)
+            out = self.scorer(outputs, np.array([j for _, j in owners]))
             t2 = time.perf_counter()
             self.timer.add("graph", t1 - t0)
             self.timer.add("scoring", t2 - t1)
@@ -365,7 +372,7 @@ class Predictor:
             run_chunk()
         return Prediction(
             image_scores=scores,
-            anomaly_maps=maps if self.tile_maps is not None else None,
+            anomaly_maps=maps if self.tile_maps is not None or self.coarse_maps else None,
             normalized_scores=calibration.normalise_scores(scores, self.image_threshold, self.image_scale),
             labels=scores >= self.image_threshold,
             threshold=self.image_threshold,

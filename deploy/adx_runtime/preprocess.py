@@ -61,10 +61,14 @@ class TilingSpec:
 
     ``overlap``: pixels shared by neighbouring tiles (stride = tile - overlap); their maps are blended
     over the overlap with weights that ramp linearly and sum to one. ``working_size``: the longer side
-    the image is resized to before tiling (``None``: its own resolution)."""
+    the image is resized to before tiling (``None``: its own resolution). ``fixed_size``: ``(H, W)``
+    every working image must have (``None``: any size), set by a model whose statistics are kept per
+    tile position (aligned parts: tile ``j`` is the same place of every image); an image of another
+    size is refused, not scored against another place's statistics."""
 
     overlap: int = 32
     working_size: int | None = None
+    fixed_size: tuple[int, int] | None = None
 
     def check(self, tile: tuple[int, int]) -> None:
         if isinstance(self.overlap, bool) or not isinstance(self.overlap, int) or not 0 <= 2 * self.overlap <= min(tile):
@@ -74,18 +78,27 @@ class TilingSpec:
                                               or not max(tile) <= self.working_size <= 65536):
             raise ConfigError(f"working size (the longer side images are resized to before tiling) must be a whole "
                               f"number of pixels from the tile size {max(tile)} to 65536, got {self.working_size!r}")
+        if self.fixed_size is not None and (
+                len(self.fixed_size) != 2 or any(isinstance(v, bool) or not isinstance(v, int) for v in self.fixed_size)
+                or not (tile[0] <= self.fixed_size[0] <= 65536 and tile[1] <= self.fixed_size[1] <= 65536)):
+            raise ConfigError(f"fixed working size must be (height, width) in whole pixels, at least one tile "
+                              f"{list(tile)} and at most 65536, got {self.fixed_size!r}")
 
     def to_dict(self, tile: tuple[int, int]) -> dict[str, Any]:
         return {"tile": list(tile), "overlap": self.overlap,
                 "stride": [tile[0] - self.overlap, tile[1] - self.overlap],
-                "working_size": self.working_size, "border": TILE_BORDER, "blend": TILE_BLEND}
+                "working_size": self.working_size, "border": TILE_BORDER, "blend": TILE_BLEND,
+                # absent unless set, so manifests of models without per-tile statistics are unchanged
+                **({"fixed_size": list(self.fixed_size)} if self.fixed_size is not None else {})}
 
     @classmethod
     def from_dict(cls, d: Any, tile: tuple[int, int]) -> "TilingSpec":
         if not isinstance(d, dict):
             raise BundleError("manifest input.tiling must be an object; re-export the bundle")
         try:
-            spec = cls(overlap=d["overlap"], working_size=d["working_size"])
+            fixed = d.get("fixed_size")
+            spec = cls(overlap=d["overlap"], working_size=d["working_size"],
+                       fixed_size=tuple(fixed) if isinstance(fixed, list) else fixed)
             ok = (list(d["tile"]) == list(tile) and list(d["stride"]) == [tile[0] - spec.overlap, tile[1] - spec.overlap]
                   and d["border"] == TILE_BORDER and d["blend"] == TILE_BLEND)
         except (KeyError, TypeError) as exc:
@@ -268,10 +281,14 @@ def working_size(size: tuple[int, int], cfg: PreprocessConfig) -> tuple[int, int
     target = cfg.tiling.working_size
     w, h = (w0, h0) if target is None else (max(1, round(w0 * target / max(w0, h0))), max(1, round(h0 * target / max(w0, h0))))
     th, tw = cfg.resize
+    what = f"{w0} x {h0}" + (f" (resized to {w} x {h} by the working size {target})" if (w, h) != (w0, h0) else "")
     if h < th or w < tw:
-        what = f"{w0} x {h0}" + (f" (resized to {w} x {h} by the working size {target})" if (w, h) != (w0, h0) else "")
         raise ConfigError(f"the image is {what}, smaller than the bundle's {tw} x {th} tiles; a tiled model needs "
                           "images at least one tile wide and high")
+    fixed = cfg.tiling.fixed_size
+    if fixed is not None and (h, w) != tuple(fixed):
+        raise ConfigError(f"the image is {what}; this model keeps its statistics per tile position for working images "
+                          f"of exactly {fixed[1]} x {fixed[0]} (aligned parts), so it cannot score another size")
     return (w, h)
 
 

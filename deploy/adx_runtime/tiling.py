@@ -154,6 +154,17 @@ def smooth(m: np.ndarray, spec: PostprocessSpec) -> np.ndarray:
     return m
 
 
+def coarse_map(layout: TileLayout, tile_scores: np.ndarray) -> np.ndarray:
+    """An image-level-only method under tiling: each tile's score laid over its pixels and blended
+    like tile maps (the ramp weights, divided by their sum), a ``(H, W)`` map as coarse as the tile
+    grid. Not smoothed: the blending is its only transition between tiles."""
+    stitcher = Stitcher(layout)
+    th, tw = layout.tile
+    for j, v in enumerate(np.asarray(tile_scores, np.float32)):
+        stitcher.add(j, np.full((th, tw), v, np.float32))
+    return stitcher.result()
+
+
 class TileMaps:
     """A scorer's raw tile maps ``(k, h, w)`` -> tile maps at the tile's pixels ``(k, th, tw)``:
     the method's upsampling without its smoothing, which runs once over the stitched image."""

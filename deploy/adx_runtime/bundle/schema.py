@@ -119,10 +119,15 @@ def manifest_schema() -> dict[str, Any]:
                                        "tiles of `tile` (= resize) every `stride` pixels, the last tile of a row or "
                                        "column shifted inward to end at the edge; tile maps are upsampled, blended "
                                        "with weights ramping linearly over the overlap (divided by their sum), then "
-                                       "smoothed over the whole image",
+                                       "smoothed over the whole image. A method without a map (postprocess.map "
+                                       "false) scores the image as its highest tile score, and its map is each "
+                                       "tile's score laid over the tile, blended the same way (not smoothed)",
                         "required": ["tile", "overlap", "stride", "working_size", "border", "blend"],
                         "properties": {"tile": _PAIR, "stride": _PAIR, "overlap": {"type": "integer", "minimum": 0},
                                        "working_size": {"anyOf": [{"type": "null"}, _COUNT]},
+                                       "fixed_size": {**_PAIR, "description": "[height, width] every working "
+                                                      "image must have: the model keeps statistics per tile "
+                                                      "position (absent: any size)"},
                                        "border": {"const": "shift-inward"}, "blend": {"const": "linear-ramp"}},
                         "additionalProperties": False,
                     },

@@ -27,6 +27,10 @@ class GaussianSection(ScoringSection):
                                                     "covariance, lower triangle in numpy tril_indices order"},
                     "dtype": {"enum": ["float32", "float16"], "description": "of chol_packed"},
                     "positions": COUNT,
+                    "tiles": {**COUNT, "description": "Gaussian sets kept per tile position (aligned parts; "
+                                                       "input.tiling.fixed_size fixes the layout): mean and "
+                                                       "chol_packed hold tiles * positions rows, tile-major; "
+                                                       "absent: 1, one set shared by every tile"},
                     "dim": COUNT,
                 },
                 "required": ["file"],
@@ -43,5 +47,10 @@ class GaussianSection(ScoringSection):
     def gaussian(self) -> dict[str, Any]:
         return self.raw["gaussian"]
 
+    @property
+    def tiles(self) -> int:
+        return int(self.gaussian.get("tiles", 1))
+
     def detail(self) -> str:
-        return self.gaussian.get("dtype") or ""
+        dtype = self.gaussian.get("dtype") or ""
+        return f"{dtype}, per tile position ({self.tiles} tiles)" if self.tiles > 1 else dtype

@@ -37,7 +37,10 @@ class ScoreOutput:
 class Scorer(Protocol):
     backend: str  # what searches or evaluates the scoring data, e.g. "faiss-cpu"
 
-    def __call__(self, outputs: dict[str, np.ndarray]) -> ScoreOutput: ...
+    def __call__(self, outputs: dict[str, np.ndarray], tiles: np.ndarray | None = None) -> ScoreOutput:
+        """``tiles``: the tile position ``(B,)`` of each row (a tiled contract); only scoring data
+        kept per tile position reads it."""
+        ...
 
 
 #: scoring kind -> "module:class"; the one table of runtime scorers (imported on first use). Each

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from adx_runtime.bundle import bundle_file
-from adx_runtime.errors import BundleError
+from adx_runtime.errors import BundleError, ConfigError
 from adx_runtime.kinds import GaussianSection
 from adx_runtime.npz import read_npz
 from adx_runtime.postprocess import check_patch_grid
@@ -85,18 +85,22 @@ class TriangularBlocks:
             self._pool_pid = os.getpid()
         return self._pool
 
-    def sum_of_squares(self, x: np.ndarray) -> np.ndarray:
-        """``x (P, B, d)`` (already centred) -> ``||L_p^T x_pb||^2`` as ``(P, B)``."""
+    def sum_of_squares(self, x: np.ndarray, start: int = 0) -> np.ndarray:
+        """``x (n, B, d)`` (already centred) -> ``||L_p^T x_pb||^2`` as ``(n, B)``, for the factors of
+        positions ``start .. start + n`` (all of them by default)."""
+        n = x.shape[0]
+        if not 0 <= start <= start + n <= self.positions:
+            raise ValueError(f"positions {start}..{start + n} are outside the {self.positions} stored")
         out = np.zeros(x.shape[:2], np.float32)
 
         def part(p0: int, p1: int) -> None:
             for a, block in zip(self.starts, self.blocks):
-                y = np.matmul(x[p0:p1, :, a:], block[p0:p1])  # (n, B, width): rows of (L^T x)^T
+                y = np.matmul(x[p0:p1, :, a:], block[start + p0:start + p1])  # (m, B, width): rows of (L^T x)^T
                 out[p0:p1] += np.einsum("pbw,pbw->pb", y, y)
 
-        bounds = np.linspace(0, self.positions, self.threads + 1).astype(int)
-        if self.threads == 1:
-            part(0, self.positions)
+        bounds = np.linspace(0, n, self.threads + 1).astype(int)
+        if self.threads == 1 or n < self.threads:
+            part(0, n)
         else:
             pool = self._executor()
             for f in [pool.submit(part, int(p0), int(p1)) for p0, p1 in zip(bounds[:-1], bounds[1:])]:
@@ -104,11 +108,13 @@ class TriangularBlocks:
         return out
 
 
-def mahalanobis(embedding: np.ndarray, mean: np.ndarray, chol: np.ndarray | TriangularBlocks) -> np.ndarray:
+def mahalanobis(embedding: np.ndarray, mean: np.ndarray, chol: np.ndarray | TriangularBlocks,
+                start: int = 0) -> np.ndarray:
     """``embedding (B, P, d)``, ``mean (P, d)``, ``chol`` (``(P, d, d)`` or its blocks) -> distances ``(B, P)``.
 
     With one Gaussian (``mean (1, d)``, ``chol (1, d, d)``) every position uses it: one
-    ``(B * P, d) @ (d, d)`` matmul."""
+    ``(B * P, d) @ (d, d)`` matmul. ``start``: where ``mean``'s positions begin among the blocks'
+    (statistics kept per tile position hold every tile's positions, tile-major)."""
     if mean.shape[0] == 1:
         assert isinstance(chol, np.ndarray), "one Gaussian is held as its (1, d, d) matrix"
         B, P, d = embedding.shape
@@ -116,7 +122,7 @@ def mahalanobis(embedding: np.ndarray, mean: np.ndarray, chol: np.ndarray | Tria
         return np.sqrt(np.einsum("nd,nd->n", y, y)).reshape(B, P)
     x = np.ascontiguousarray((embedding - mean[None]).transpose(1, 0, 2))  # (P, B, d)
     if isinstance(chol, TriangularBlocks):
-        return np.sqrt(chol.sum_of_squares(x).T)
+        return np.sqrt(chol.sum_of_squares(x, start).T)
     y = np.matmul(x, chol)  # rows of x @ L = (L^T x)^T
     return np.sqrt(np.einsum("pbd,pbd->bp", y, y))
 
@@ -135,9 +141,13 @@ class GaussianScorer:
         packed = data["chol_packed"]
         P, d = self.mean.shape
         self.positions = self.grid[0] * self.grid[1] if self.grid else 1
-        if packed.shape != (P, d * (d + 1) // 2) or P not in (1, self.positions):
+        #: Gaussian sets kept per tile position (1: one set for every tile, or an untiled model)
+        self.tiles = s.tiles
+        if packed.shape != (P, d * (d + 1) // 2) or P not in (1, self.positions * self.tiles) or (P == 1 < self.tiles):
             raise BundleError(f"Gaussian statistics do not fit together: mean {self.mean.shape}, packed Cholesky "
-                              f"{packed.shape}, grid {self.grid}")
+                              f"{packed.shape}, grid {self.grid}, {self.tiles} tile position(s)")
+        if self.tiles > 1:
+            self._check_tile_layout(manifest)
         if P == 1:  # one Gaussian: a single (d, d) matrix, used by one large matmul
             self.chol: np.ndarray | TriangularBlocks = np.zeros((1, d, d), np.float32)
             rows, cols = np.tril_indices(d)
@@ -145,14 +155,51 @@ class GaussianScorer:
         else:
             self.chol = TriangularBlocks(packed, d, threads=scorer_threads())
 
-    def __call__(self, outputs: dict[str, np.ndarray]) -> ScoreOutput:
+    def _check_tile_layout(self, manifest: dict[str, Any]) -> None:
+        """Statistics per tile position need a layout that is the same for every image: the input
+        contract's fixed working size, giving exactly as many tiles as there are Gaussian sets."""
+        from adx_runtime.preprocess import PreprocessConfig  # noqa: PLC0415
+        from adx_runtime.tiling import tile_layout  # noqa: PLC0415
+
+        cfg = PreprocessConfig.from_dict(manifest["input"])
+        fixed = cfg.tiling.fixed_size if cfg.tiling is not None else None
+        if fixed is None:
+            raise BundleError(f"the Gaussians are kept for {self.tiles} tile positions but the input contract fixes "
+                              "no tile layout (input.tiling.fixed_size); re-export the bundle")
+        count = tile_layout(tuple(fixed), cfg).count
+        if count != self.tiles:
+            raise BundleError(f"the Gaussians are kept for {self.tiles} tile positions but a {fixed[1]} x {fixed[0]} "
+                              f"working image has {count} tiles; re-export the bundle")
+
+    def __call__(self, outputs: dict[str, np.ndarray], tiles: np.ndarray | None = None) -> ScoreOutput:
         emb = outputs[self.output]
         if emb.ndim == 2:  # (B, d): one embedding per image
             emb = emb[:, None, :]
         if emb.shape[1:] != (self.positions, self.mean.shape[1]):
             raise BundleError(f"graph gave embeddings {emb.shape}, the statistics expect (B, {self.positions}, "
                               f"{self.mean.shape[1]})")
-        dist = mahalanobis(emb, self.mean, self.chol).astype(np.float32)
+        if self.tiles > 1:
+            dist = self._per_tile(emb, tiles)
+        else:
+            dist = mahalanobis(emb, self.mean, self.chol).astype(np.float32)
         if self.grid is None:
             return ScoreOutput(None, dist[:, 0])
         return ScoreOutput(dist.reshape(len(emb), *self.grid), None)
+
+    def _per_tile(self, emb: np.ndarray, tiles: np.ndarray | None) -> np.ndarray:
+        """Each row against the Gaussians of its own tile position (rows of one position together)."""
+        if tiles is None:
+            raise ConfigError(f"this bundle's Gaussians are kept per tile position ({self.tiles} tiles); score whole "
+                              "images (Predictor.predict), which cuts the tiles and knows where each one lies")
+        tiles = np.asarray(tiles)
+        if tiles.shape != (len(emb),) or tiles.dtype.kind not in "iu" or tiles.min(initial=0) < 0 \
+                or tiles.max(initial=0) >= self.tiles:
+            raise ConfigError(f"tile positions must be {len(emb)} integers from 0 to {self.tiles - 1}, got "
+                              f"{tiles.dtype} {tiles.shape}")
+        P = self.positions
+        dist = np.empty((len(emb), P), np.float32)
+        for t in np.unique(tiles):
+            rows = np.flatnonzero(tiles == t)
+            lo = int(t) * P
+            dist[rows] = mahalanobis(emb[rows], self.mean[lo:lo + P], self.chol, start=lo)
+        return dist

@@ -48,7 +48,8 @@ class KnnScorer:
         self.bank = open_bank(Path(bundle_dir), manifest, s.bank, bank_device, search_params)
         self.backend = self.bank.backend
 
-    def __call__(self, outputs: dict[str, np.ndarray]) -> ScoreOutput:
+    def __call__(self, outputs: dict[str, np.ndarray], tiles: np.ndarray | None = None) -> ScoreOutput:
+        del tiles  # one set of scoring data for every tile position
         feats = outputs[self.feature_output]  # (B, N, D)
         B, N, D = feats.shape
         h, w = self.grid

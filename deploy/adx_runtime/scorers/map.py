@@ -26,7 +26,8 @@ class MapScorer:
         self.map_output, self.image_output = s.map_output, s.image_output
         self.grid = check_patch_grid(manifest, self.map_output, "map")
 
-    def __call__(self, outputs: dict[str, np.ndarray]) -> ScoreOutput:
+    def __call__(self, outputs: dict[str, np.ndarray], tiles: np.ndarray | None = None) -> ScoreOutput:
+        del tiles  # one set of scoring data for every tile position
         maps = outputs[self.map_output]
         if maps.ndim == 4 and maps.shape[1] == 1:
             maps = maps[:, 0]
