@@ -304,8 +304,32 @@ def test_spade_pixel_coreset_is_a_greedy_coreset_searched_exactly(dataset: Path,
         assert out.image_scores[b] == pytest.approx(d.mean(), rel=1e-4)
 
 
+def test_spade_pixel_coreset_above_its_presample_cap_selects_among_a_sample(dataset: Path) -> None:
+    """A gallery of more map vectors than pixel_coreset_presample (a tiled one holds about a
+    million) chooses its coreset among a seeded sample of that many, as PatchCore's bank does: the
+    bank is r of the sample, every vector of it a training map vector."""
+    from adexport.coreset import presample_indices, select_coreset
+    from adexport.fit_pipeline import train
+
+    from conftest import TINY
+
+    fitted = train(dataset, "weave", "spade", options={**TINY, "k": 5, "pixel_coreset": 0.1,
+                                                       "pixel_coreset_presample": 300}, holdout=0.25)
+    N, HW, D = fitted.feature_maps.shape
+    assert N * HW > 300
+    vectors = fitted.feature_maps.numpy().reshape(N * HW, D)
+    bank = fitted.pixel_bank.numpy()
+    assert len(bank) == 30 and fitted.report.sizes["pixel_bank"] == 30
+    np.testing.assert_array_equal(bank, vectors[select_coreset(vectors, 0.1, presample=300, seed=fitted.config.seed)])
+    pool = {v.tobytes() for v in vectors[presample_indices(N * HW, 300, fitted.config.seed)]}
+    assert all(v.tobytes() in pool for v in bank)
+
+
 def test_spade_pixel_coreset_options_are_checked() -> None:
     from adexport.methods.spade import SpadeConfig
+
+    with pytest.raises(ConfigError, match="pixel_coreset_presample"):
+        SpadeConfig(pixel_coreset=0.1, pixel_coreset_presample=-1)
 
     for bad in (0.0, 1.5, -0.1):
         with pytest.raises(ConfigError, match="pixel_coreset must be a fraction"):

@@ -13,8 +13,10 @@ pixel search is most of the cost (``k`` x ``h*w`` gallery features per position)
 restricts it to the nearest ``k_pixel`` of the ``k`` images.
 
 ``pixel_coreset = r`` replaces the per-image pixel search by one search in a PatchCore-style greedy
-coreset (:func:`adexport.coreset.greedy_coreset`) of all the training feature maps' vectors, a
-fraction ``r`` of them, stored as a FAISS index: each position's score is its distance to the
+coreset (:func:`adexport.coreset.select_coreset`: the exact greedy, or above
+``pixel_coreset_presample`` vectors, as a tiled gallery has, the greedy among a seeded random
+pre-sample of that many) of all the training feature maps' vectors, a fraction ``r`` of them (of
+the pre-sample), stored as a FAISS index: each position's score is its distance to the
 nearest coreset vector of any training image, at any position. The comparison per position falls
 from ``k_pixel x h*w`` features to ``r x N x h*w`` and the bundle keeps the coreset instead of every
 feature map; the image score (``k`` nearest image features) is unchanged. What it costs in pixel
@@ -34,7 +36,7 @@ from torch import nn
 
 from adexport.backbones import DEFAULT_BACKBONE, BackboneInfo, FeatureExtractor, build_architecture
 from adexport.banks import write_faiss_bank
-from adexport.coreset import greedy_coreset
+from adexport.coreset import select_coreset
 from adexport.methods.base import (TOLERANCE_APPROXIMATE, TOLERANCE_APPROXIMATE_INDEX, TOLERANCE_EXACT, ExportProperties, FittedMethod, Reference,
                                    backbone_and_preprocess, config_from_dict, graph_tensors, load_graph_tensors,
                                    run_graph)
@@ -62,6 +64,7 @@ class SpadeConfig:
     k: int = 50  # nearest training images (seed 001: k = 50), capped at the gallery size
     k_pixel: int | None = None  # of those, the nearest whose feature maps the pixel search compares with; None: all k
     pixel_coreset: float | None = None  # pixel search in a greedy coreset of this fraction of all training map vectors instead; None: per image
+    pixel_coreset_presample: int = 200_000  # more map vectors than this: the coreset is chosen from a random sample of this many; 0 = all
     blur_sigma: float = 4.0  # Gaussian smoothing of the upsampled map, in pixels
     store_dtype: str = "float32"  # precision of the stored training feature maps
     seed: int = 0  # weights when weights=random
@@ -69,7 +72,7 @@ class SpadeConfig:
     #: Valid ranges, checked by adexport.methods.options.check_options.
     LIMITS: ClassVar[dict[str, str]] = {
         "image_size": ">= 32", "map_stride": ">= 1", "k": ">= 1", "k_pixel": ">= 1", "pixel_coreset": "fraction",
-        "blur_sigma": ">= 0", "seed": "seed"}
+        "pixel_coreset_presample": ">= 0", "blur_sigma": ">= 0", "seed": "seed"}
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -236,11 +239,14 @@ def fit(config: SpadeConfig, samples: Sequence[Sample], *, device: str = "cpu", 
     sizes: dict[str, int] = {}
     if config.pixel_coreset is not None:
         vectors = fitted.feature_maps.reshape(N * HW, D).numpy()
-        n_select = max(1, int(round(config.pixel_coreset * len(vectors))))
-        keep = greedy_coreset(vectors, n_select, seed=config.seed, progress=progress)
+        # PatchCore's selection: the exact greedy up to the pre-sample cap, as before; above it (a
+        # tiled gallery holds a million map vectors) among a seeded random pre-sample, so the
+        # selection stays in seconds instead of growing with the square of the vectors
+        keep = select_coreset(vectors, config.pixel_coreset, presample=config.pixel_coreset_presample,
+                              seed=config.seed, progress=progress)
         fitted.pixel_bank = torch.from_numpy(np.ascontiguousarray(vectors[keep]))
         clock.lap("pixel_coreset_selection")
-        sizes["pixel_bank"] = n_select
+        sizes["pixel_bank"] = len(keep)
     sizes.update({"k": fitted.k, "map_positions": HW, "map_dim": D, "image_dim": fitted.image_features.shape[1],
                   "gallery_bytes": N * (HW * D * np.dtype(config.store_dtype).itemsize
                                         + fitted.image_features.shape[1] * 4)})
