@@ -459,7 +459,9 @@ def triton_repo(
     instances: Annotated[int, typer.Option(help="Instances of each model (instance_group count).")] = 1,
 ) -> None:
     """Write a bundle as a Triton model repository: graph (onnxruntime backend), scorer and decoder (Python
-    backend, the runtime's own code), ensembles for float tensors and for encoded image bytes.
+    backend, the runtime's own code), ensembles for float tensors and for encoded image bytes. A tiled
+    bundle becomes its graph and one Python-backend NAME_image that cuts, scores and stitches each image
+    (maps at the image's size; no float-tensor ensemble).
 
     A new export of the same model becomes the next version folder; the generated README.md says how to run it.
     A folder holding anything adx did not write (or changed since) is refused before anything is written.

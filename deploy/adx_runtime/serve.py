@@ -162,6 +162,7 @@ class ServedModel:
     name: str | None = None  # the float-input ensemble; NAME_image takes encoded bytes
     version: int | None = None
     error: str | None = None
+    models: list[str] = field(default_factory=list)  # every model written for it (a tiled bundle: no NAME)
 
 
 @dataclass
@@ -180,7 +181,8 @@ class Server:
         return f"http://{self.options.host}:{self.options.http_port}"
 
     def startup_line(self) -> str:
-        ready = [f"{m.name} (v{m.version}; bytes: {m.name}_image)" for m in self.models if m.error is None]
+        ready = [f"{m.name} (v{m.version}; bytes: {m.name}_image)" if m.name in m.models or not m.models
+                 else f"{m.name}_image (v{m.version}; tiled, encoded images only)" for m in self.models if m.error is None]
         failed = [m.bundle for m in self.models if m.error is not None]
         line = (f"adx serve: Triton {self.version} listening on {self.http_url} (HTTP) and "
                 f"{self.options.host}:{self.options.grpc_port} (gRPC); ready: {', '.join(ready) or 'none'}")
@@ -321,7 +323,7 @@ def _prepare(bundles: Sequence[str | Path], repo: Path, options: ServeOptions,
             entry = write_repository(bundle, repo, name=name, graph_backend="python", copy_bundle=False,
                                      max_batch=options.max_batch, delay_us=options.delay_us,
                                      instances=options.instances, threads=options.threads)
-            served.name, served.version = entry.name, entry.version
+            served.name, served.version, served.models = entry.name, entry.version, entry.models
             used.add(name)
         except AdxError as exc:
             served.error = str(exc)
@@ -369,8 +371,8 @@ def _collect_states(server: Server) -> None:
     for served in server.models:
         if served.error is not None:
             continue
-        parts = [served.name, f"{served.name}_image", f"{served.name}_graph", f"{served.name}_score",
-                 f"{served.name}_decode"]
+        parts = served.models or [served.name, f"{served.name}_image", f"{served.name}_graph",
+                                  f"{served.name}_score", f"{served.name}_decode"]
         bad = [(p, m) for p in parts for m in by_name.get(str(p), [{"state": "MISSING"}]) if m.get("state") != "READY"]
         if bad:
             part, m = bad[0]

@@ -10,6 +10,18 @@ For a bundle whose manifest names it ``N`` (``METHOD_CATEGORY``), five models, e
 | ``N`` | ensemble | preprocessed float input -> ``N_graph`` -> ``N_score`` |
 | ``N_image`` | ensemble | encoded image bytes -> ``N_decode`` -> ``N_graph`` -> ``N_score`` |
 
+A tiled bundle (``input.tiling``) becomes two models: its images keep their own resolution, so no
+fixed-size tensor passes between models and the float-input ensemble ``N`` is not written.
+
+| model | backend | what it does |
+| --- | --- | --- |
+| ``N_graph`` | as above | the ONNX graph, its batch axis the tiles of a chunk (fixed tile size) |
+| ``N_image`` | ``python`` | encoded image bytes -> the runtime's tiled scoring, tiles sent to ``N_graph`` (BLS) |
+
+``N_image`` (:class:`adx_runtime.triton_models.TiledImageModel`) runs :meth:`Predictor.predict_prepared`
+(cut, score per tile, stitch, calibrate) with each chunk of tiles sent to ``N_graph`` through Triton's
+BLS; its ``anomaly_map`` is at each image's working size (dims ``-1, -1``).
+
 Every model has ``max_batch_size`` and dynamic batching; its ``parameters`` carry the manifest's
 sha256. The Python-backend models import :mod:`adx_runtime.triton_models`: the scorer is the
 runtime's, not a second implementation, and it loads its bundle copy with checksum verification.
@@ -39,7 +51,8 @@ GRAPH_BACKENDS = ("onnxruntime", "python")
 #: Versions this exporter and ``adx serve`` were run with (README of the generated repository).
 TESTED = {
     "tritonserver": "2.51.0, the build in nvidia-pytriton 0.7.0 (Python backend only): the scorer and decoder "
-                    "models of this repository loaded and served; ensembles served by `adx serve`",
+                    "models of this repository loaded and served; ensembles served by `adx serve`, and a tiled "
+                    "bundle's `NAME_image` with its BLS requests to the Python-backend `NAME_graph`",
     "tritonclient": "2.73.0: every config.pbtxt parsed with its model_config.proto (ModelConfig)",
     "onnxruntime": "1.32.0, in the Python backend (`adx serve`) and in-process",
     "not run here": "the official container and its onnxruntime backend (no container runtime on the test "
@@ -111,10 +124,18 @@ def _graph_tensors(manifest: dict[str, Any]) -> tuple[list[tuple[str, str, list[
     return [one(t) for t in graph["inputs"]], [one(t) for t in graph["outputs"]]
 
 
+def is_tiled(manifest: dict[str, Any]) -> bool:
+    """Whether the bundle scores images tile by tile (``input.tiling``)."""
+    return manifest["input"].get("tiling") is not None
+
+
 def score_outputs(manifest: dict[str, Any]) -> list[tuple[str, str, list[int]]]:
     pre = PreprocessConfig.from_dict(manifest["input"])
     outs = [("image_score", "TYPE_FP32", [1]), ("normalized_score", "TYPE_FP32", [1]), ("label", "TYPE_BOOL", [1])]
-    if PostprocessSpec.from_dict(manifest["postprocess"]).has_map:
+    if pre.tiling is not None:
+        # Stitched at each image's working size; an image-level-only method gives its coarse tile map.
+        outs.append(("anomaly_map", "TYPE_FP32", [-1, -1]))
+    elif PostprocessSpec.from_dict(manifest["postprocess"]).has_map:
         outs.append(("anomaly_map", "TYPE_FP32", list(pre.input_size)))
     return outs
 
@@ -122,7 +143,8 @@ def score_outputs(manifest: dict[str, Any]) -> list[tuple[str, str, list[int]]]:
 def model_configs(manifest: dict[str, Any], name: str, *, manifest_sha256: str, bundle_dir: str,
                   graph_backend: str = "onnxruntime", max_batch: int = 16, delay_us: int = 0,
                   instances: int = 1, threads: int = 0) -> dict[str, str]:
-    """``{model name: config.pbtxt text}`` for the five models of one bundle.
+    """``{model name: config.pbtxt text}`` for the five models of one bundle (a tiled bundle: ``N_graph``
+    and the Python-backend ``N_image``).
 
     ``bundle_dir``: where the Python-backend models find the bundle, relative to their version folder
     (``bundle``, a copy) or absolute (``adx serve`` points at the bundle as given).
@@ -147,8 +169,19 @@ def model_configs(manifest: dict[str, Any], name: str, *, manifest_sha256: str, 
     else:
         graph_head = f'name: "{name}_graph"\nbackend: "python"'
         graph_params = {**common, "adx_model": "graph", "adx_bundle_dir": bundle_dir, "adx_threads": str(threads)}
+    graph_config = f"{graph_head}\n{batching}\n{graph_io}\n{_params(graph_params)}\n"
+    if is_tiled(manifest):
+        # One request per image in practice (maps differ in size); the dynamic batcher still gathers
+        # several, whose tiles then share the graph's chunks.
+        image_config = (
+            f'name: "{name}_image"\nbackend: "python"\n{batching}\n'
+            + _block("input", [_tensor(IMAGE_BYTES, "TYPE_STRING", [1])]) + "\n"
+            + _block("output", [_tensor(n, t, d) for n, t, d in scored]) + "\n"
+            + _params({**common, "adx_model": "tiled_image", "adx_bundle_dir": bundle_dir,
+                       "adx_graph_model": f"{name}_graph", "adx_graph_max_batch": str(max_batch)}) + "\n")
+        return {f"{name}_graph": graph_config, f"{name}_image": image_config}
     configs = {
-        f"{name}_graph": f"{graph_head}\n{batching}\n{graph_io}\n{_params(graph_params)}\n",
+        f"{name}_graph": graph_config,
         f"{name}_score": (
             f'name: "{name}_score"\nbackend: "python"\n{batching}\n'
             + _block("input", [_tensor(n, t, d) for n, t, d in outputs]) + "\n"
@@ -198,7 +231,7 @@ It runs adx_runtime's own code (pip install 'adexport[cpu]' into the Python back
 """
 from adx_runtime.triton_models import {cls} as TritonPythonModel  # noqa: F401
 '''
-_CLASSES = {"graph": "GraphModel", "score": "ScoreModel", "decode": "DecodeModel"}
+_CLASSES = {"graph": "GraphModel", "score": "ScoreModel", "decode": "DecodeModel", "tiled_image": "TiledImageModel"}
 
 
 def _versions(model_dir: Path) -> list[int]:
@@ -225,21 +258,24 @@ def write_repository(bundle: str | Path, out: str | Path, *, name: str | None = 
     """
     src = Path(bundle)
     manifest = load_manifest(src, verify=True)
-    if manifest["input"].get("tiling") is not None:
-        # Triton's ensemble passes one fixed-size tensor per image between its models; a tiled bundle
-        # needs a variable number of tiles per image and a stitch across them, which its scorer
-        # model does not do yet. Refused rather than served as if it were untiled.
-        raise ConfigError(f"bundle {str(src)!r} is tiled (input.tiling); `adx triton-repo` does not serve tiled bundles "
-                          "yet: serve it with `adx serve`, or export an untiled bundle for Triton")
+    tiled = is_tiled(manifest)
     sha = sha256_file(src / MANIFEST)
     name = name or model_name(manifest)
     if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
         raise ConfigError(f"model name {name!r} may hold only letters, digits, '_' and '-'")
     root = Path(out)
-    models = [name, f"{name}_image", f"{name}_graph", f"{name}_score", f"{name}_decode"]
+    models = ([f"{name}_image", f"{name}_graph"] if tiled
+              else [name, f"{name}_image", f"{name}_graph", f"{name}_score", f"{name}_decode"])
     marker = claim_repository(root, name, models)  # before anything is written: refuses a folder not ours
-    existing = _versions(root / name)
-    if existing and _recorded_sha(root / name) == sha:
+    if tiled and (root / name).is_dir():
+        # The untiled export's ensemble and scorer would stay loaded and pair its scorer with this
+        # graph (their steps take the latest version): a wrong score, so refused.
+        raise ConfigError(f"{str(root)!r} holds an untiled export of {name!r} (models {name}, {name}_score, "
+                          f"{name}_decode); a tiled bundle under that name would leave them running on its graph. "
+                          "Give another --name, or write into a new folder")
+    primary = root / (f"{name}_image" if tiled else name)  # the model whose config is the entry point
+    existing = _versions(primary)
+    if existing and _recorded_sha(primary) == sha:
         return RepositoryEntry(name, existing[-1], models, sha, reused=True)
     root.mkdir(parents=True, exist_ok=True)
     marker["models"][name] = models
@@ -253,12 +289,14 @@ def write_repository(bundle: str | Path, out: str | Path, *, name: str | None = 
         model_dir.mkdir(exist_ok=True)
         with atomic_dir(model_dir / str(version)) as vdir:
             kind = model.rsplit("_", 1)[-1] if model != name and model != f"{name}_image" else None
+            if tiled and model == f"{name}_image":
+                kind = "tiled_image"
             if kind == "graph" and graph_backend == "onnxruntime":
                 shutil.copy2(src / manifest["graph"]["file"], vdir / "model.onnx")
             elif kind in _CLASSES:
                 (vdir / "model.py").write_text(MODEL_PY.format(kind=kind, name=name, cls=_CLASSES[kind]),
                                                encoding="utf-8")
-                if copy_bundle and kind in ("score", "graph"):
+                if copy_bundle and kind in ("score", "graph", "tiled_image"):
                     _copy_bundle(src, manifest, vdir / "bundle")
         _write_text_atomic(model_dir / "config.pbtxt", config)
         marker["files"][f"{model}/config.pbtxt"] = sha256_file(model_dir / "config.pbtxt")
@@ -388,18 +426,29 @@ def claim_repository(root: Path, name: str, models: list[str]) -> dict[str, Any]
 def write_readme(root: Path, marker: dict[str, Any] | None = None) -> None:
     """The repository's README.md, listing the models adx wrote there (``marker``; without one, every
     ensemble folder)."""
+    def text(path: Path) -> str:
+        return path.read_text("utf-8") if path.is_file() else ""
+
     if marker is not None:
-        names = sorted(n for n in marker["models"] if (root / n / "config.pbtxt").is_file()
-                       and 'platform: "ensemble"' in (root / n / "config.pbtxt").read_text("utf-8")
-                       and not n.endswith("_image"))
+        bases = set(marker["models"])
     else:
-        names = sorted(p.name for p in root.iterdir() if (p / "config.pbtxt").is_file()
-                       and 'platform: "ensemble"' in (p / "config.pbtxt").read_text("utf-8")
-                       and not p.name.endswith("_image"))
+        folders = [p.name for p in root.iterdir()]
+        bases = set(folders) | {n[: -len("_image")] for n in folders if n.endswith("_image")}
+    names = sorted(n for n in bases if 'platform: "ensemble"' in text(root / n / "config.pbtxt")
+                   and not n.endswith("_image"))
+    tiled = sorted(n for n in bases if '"tiled_image"' in text(root / f"{n}_image" / "config.pbtxt"))
+    lines = [f"- `{n}` (float input) and `{n}_image` (encoded image bytes); parts `{n}_graph`, `{n}_score`, "
+             f"`{n}_decode`" for n in names]
+    lines += [f"- `{n}_image` (encoded image bytes, tiled: maps at each image's size); part `{n}_graph`"
+              for n in tiled]
+    # The examples name a model that exists: an untiled one's float ensemble, else a tiled one's N_image,
+    # which reaches its graph through BLS: Triton does not load that graph for it (an ensemble's steps it does).
+    first = names[0] if names else f"{tiled[0]}_image" if tiled else "NAME"
+    load = [first, f"{first}_image"] if names or not tiled else [first, f"{tiled[0]}_graph"]
     _write_text_atomic(root / REPOSITORY_README, README.format(
-        models="\n".join(f"- `{n}` (float input) and `{n}_image` (encoded image bytes); parts `{n}_graph`, "
-                         f"`{n}_score`, `{n}_decode`" for n in names) or "- (none)",
-        first=names[0] if names else "NAME", first_k8s=(names[0] if names else "name").lower().replace("_", "-"),
+        models="\n".join(lines) or "- (none)", first=first,
+        first_k8s=(names[0] if names else tiled[0] if tiled else "name").lower().replace("_", "-"),
+        load_models=", ".join(f'"--load-model={m}"' for m in load),
         tested="\n".join(f"- {k}: {v}" for k, v in TESTED.items())))
 
 
@@ -425,6 +474,12 @@ version folder, and every `config.pbtxt` records the bundle manifest's sha256 (`
   the Python backend with adx_runtime's scorer and decoder. `NAME_score` verifies the bundle copy in its
   version folder (sha256 of every file, and the manifest's against its config) before it loads;
   `NAME_decode` reads the input contract from its config.
+- A tiled bundle (manifest `input.tiling`) keeps each image at its own resolution and scores it tile by
+  tile, so it has no float-input `NAME` (no fixed-size tensor describes its images) and no
+  `NAME_score`/`NAME_decode`: its `NAME_image` is one Python-backend model that runs adx_runtime's tiled
+  scoring (cut, score, stitch, calibrate) and sends each chunk of tiles to `NAME_graph` (BLS). Its
+  `anomaly_map` is `(1, H, W)` at the image's working size; send one image per request (a request whose
+  images differ in size cannot return one map tensor, and fails when it asks for `anomaly_map`).
 
 ## Run it with the official Triton container
 
@@ -458,7 +513,7 @@ spec:
         - name: triton
           image: adx-triton            # the image above, pushed to your registry
           args: ["tritonserver", "--model-repository=/models", "--model-control-mode=explicit",
-                 "--load-model={first}", "--load-model={first}_image"]
+                 {load_models}]
           ports: [{{ containerPort: 8000 }}, {{ containerPort: 8001 }}, {{ containerPort: 8002 }}]
           readinessProbe: {{ httpGet: {{ path: /v2/health/ready, port: 8000 }} }}
           livenessProbe: {{ httpGet: {{ path: /v2/health/live, port: 8000 }} }}
