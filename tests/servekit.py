@@ -69,3 +69,18 @@ def free_ports(n: int) -> list[int]:
     for s in socks:
         s.close()
     return ports
+
+
+#: A script for the serve Python: every config.pbtxt under a repository parsed by tritonclient's
+#: ModelConfig protobuf (Triton's model_config.proto), printed as JSON by model folder.
+CONFIGS_AS_JSON = r"""
+import json, sys
+from pathlib import Path
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2
+out = {}
+for config in sorted(Path(sys.argv[1]).glob("*/config.pbtxt")):
+    msg = text_format.Parse(config.read_text(), model_config_pb2.ModelConfig())
+    out[config.parent.name] = json_format.MessageToDict(msg, preserving_proto_field_name=True)
+print(json.dumps(out))
+"""

@@ -7,23 +7,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from servekit import free_ports, run_py, serve_python
+from servekit import CONFIGS_AS_JSON, free_ports, run_py, serve_python
 
 from adx_runtime.bundle import load_manifest, sha256_file
 from adx_runtime.errors import BundleError
 from adx_runtime.triton_repo import model_configs, model_name, write_repository
-
-PARSE = r"""
-import json, sys
-from pathlib import Path
-from google.protobuf import json_format, text_format
-from tritonclient.grpc import model_config_pb2
-out = {}
-for config in sorted(Path(sys.argv[1]).glob("*/config.pbtxt")):
-    msg = text_format.Parse(config.read_text(), model_config_pb2.ModelConfig())
-    out[config.parent.name] = json_format.MessageToDict(msg, preserving_proto_field_name=True)
-print(json.dumps(out))
-"""
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +25,7 @@ def repo(bundle: Path, padim_bundle: Path, tmp_path_factory: pytest.TempPathFact
 @pytest.fixture(scope="module")
 def parsed(repo: Path) -> dict:
     """Every config.pbtxt parsed by tritonclient's ModelConfig protobuf (Triton's model_config.proto)."""
-    return run_py(serve_python(), PARSE, str(repo))
+    return run_py(serve_python(), CONFIGS_AS_JSON, str(repo))
 
 
 def test_every_config_parses_with_tritons_schema(parsed: dict) -> None:

@@ -225,25 +225,12 @@ def test_a_graph_model_error_is_a_one_line_error_response(server: dict, images: 
     assert responses[1].error().message().startswith("image 0 of the request: ")
 
 
-PARSE = r"""
-import json, sys
-from pathlib import Path
-from google.protobuf import json_format, text_format
-from tritonclient.grpc import model_config_pb2
-out = {}
-for config in sorted(Path(sys.argv[1]).glob("*/config.pbtxt")):
-    msg = text_format.Parse(config.read_text(), model_config_pb2.ModelConfig())
-    out[config.parent.name] = json_format.MessageToDict(msg, preserving_proto_field_name=True)
-print(json.dumps(out))
-"""
-
-
 def test_repository_of_a_tiled_bundle_parses_with_tritons_schema(tiled_bundle: Path, tmp_path: Path) -> None:
-    from servekit import run_py, serve_python
+    from servekit import CONFIGS_AS_JSON, run_py, serve_python
 
     root = tmp_path / "models"
     entry = write_repository(tiled_bundle, root)
-    parsed = run_py(serve_python(), PARSE, str(root))
+    parsed = run_py(serve_python(), CONFIGS_AS_JSON, str(root))
     assert set(parsed) == {f"{NAME}_image", f"{NAME}_graph"}  # no float-input ensemble, scorer or decoder
     image, graph = parsed[f"{NAME}_image"], parsed[f"{NAME}_graph"]
     assert image["backend"] == "python" and image["max_batch_size"] == 16 and "dynamic_batching" in image
