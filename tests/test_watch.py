@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -26,6 +25,7 @@ from adx_runtime.predictor import Predictor  # noqa: E402
 from adx_runtime.watch import JsonLinesSink, WatchOptions, watch  # noqa: E402
 from adx_runtime.watch.journal import read_jsonl  # noqa: E402
 from adx_runtime.watch.sources import eligible_name  # noqa: E402
+from polling import wait_for as _wait  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +36,6 @@ def predictor(bundle: Path) -> Predictor:
 @pytest.fixture(scope="module")
 def images(dataset: Path) -> list[Path]:
     return list_test_images(dataset)
-
-
-def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def _lines(path: Path) -> list[dict]:

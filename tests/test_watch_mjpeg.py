@@ -13,7 +13,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -24,6 +24,7 @@ pytest.importorskip("av")
 
 from adx_runtime.predictor import Predictor  # noqa: E402
 from adx_runtime.watch import JsonLinesSink, LiveSource, WatchOptions, frame_source, watch  # noqa: E402
+from polling import wait_for as _wait  # noqa: E402
 
 BOUNDARY = "adxframe"
 FPS = 30
@@ -83,14 +84,6 @@ class MjpegServer:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/video.mjpg"
-
-
-def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 @pytest.fixture(scope="module")

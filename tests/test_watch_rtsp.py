@@ -13,9 +13,8 @@ import shutil
 import socket
 import subprocess
 import threading
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -23,6 +22,7 @@ pytest.importorskip("av")
 
 from adx_runtime.predictor import Predictor  # noqa: E402
 from adx_runtime.watch import JsonLinesSink, LiveSource, WatchOptions, frame_source, watch  # noqa: E402
+from polling import wait_for as _wait  # noqa: E402
 
 SERVER = """
 import sys
@@ -77,14 +77,6 @@ def _start(script: Path, port: int) -> subprocess.Popen:
 def _stop(proc: subprocess.Popen) -> None:
     proc.kill()
     proc.wait(timeout=10)
-
-
-def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def test_rtsp_stream_is_scored_and_reconnected(bundle: Path, tmp_path: Path) -> None:

@@ -405,6 +405,17 @@ def _folder_results(predictor: Predictor, batch: list[Item], options: WatchOptio
     return [r for r in results if r is not None]
 
 
+def _send(batch: Sequence[Any], rows: list[dict[str, Any]], stats: WatchStats, sinks: Sequence[Any]) -> None:
+    """Stamp each record with its latency (from when its file or frame was ready) and hand the
+    batch's records to every sink; the folder and the stream loops share it."""
+    now = time.monotonic()
+    for item, row in zip(batch, rows):
+        row["latency_ms"] = round((now - item.ready_mono) * 1000, 2)
+        stats.latencies.append(row["latency_ms"])
+    for sink in sinks:
+        sink.write(rows)
+
+
 def _score(predictor: Predictor, folder: Path, batch: list[Item], sinks: Sequence[Any], journal: Journal,
            source: HotFolder, options: WatchOptions, stats: WatchStats, saver: Saver | None,
            log: Callable[[str], None]) -> None:
@@ -433,12 +444,7 @@ def _score(predictor: Predictor, folder: Path, batch: list[Item], sinks: Sequenc
                 row["moved_to_bytes"] = exact
         dests.append(dest)
         records.append(row)
-    now = time.monotonic()
-    for item, row in zip(batch, records):
-        row["latency_ms"] = round((now - item.ready_mono) * 1000, 2)
-        stats.latencies.append(row["latency_ms"])
-    for sink in sinks:
-        sink.write(records)
+    _send(batch, records, stats, sinks)
     for item, dest in zip(batch, dests):
         if dest is not None:
             try:
@@ -476,12 +482,7 @@ def _score_frames(predictor: Predictor, source: FrameSource, batch: list[Frame],
                           lambda: frame.image, lambda line: None)
             if saved:
                 row["saved"] = saved
-    now = time.monotonic()
-    for frame, row in zip(batch, rows):
-        row["latency_ms"] = round((now - frame.ready_mono) * 1000, 2)
-        stats.latencies.append(row["latency_ms"])
-    for sink in sinks:
-        sink.write(rows)
+    _send(batch, rows, stats, sinks)
     stats.images += len(batch)
     stats.anomalies += summary.flagged
     stats.errors += summary.failed

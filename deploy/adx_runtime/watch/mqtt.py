@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from adx_runtime.errors import ConfigError, DependencyError
 from adx_runtime.infer import json_line
-from adx_runtime.watch.sinks import _redacted  # the webhook's rule: no user or password in what is shown
+from adx_runtime.watch.sinks import _redacted, save_dead_letters  # the webhook's rules
 
 __all__ = ["DEAD_LETTER_NAME", "MqttSink", "parse_mqtt_url", "source_topic_name"]
 
@@ -295,15 +295,6 @@ class MqttSink:
             n = self.delivered_count
             self._log(f"{self.name}: {n} record{'' if n == 1 else 's'} delivered, none lost")
             return
-        where = "not saved (no --out folder)"
-        if self.dead_letter is not None:
-            try:
-                with open(self.dead_letter, "ab") as f:
-                    f.write(b"".join(payload + b"\n" for _, payload in left))
-                    f.flush()
-                    os.fsync(f.fileno())
-                where = f"written to {self.dead_letter}"
-            except OSError as exc:
-                where = f"not saved ({exc.strerror or exc}); they are in the --output records"
+        where = save_dead_letters(self.dead_letter, [payload for _, payload in left])
         self._log(f"error: {self.name}: {self.lost} record{'' if self.lost == 1 else 's'} not acknowledged within "
                   f"--mqtt-timeout {self.flush_timeout_s:g} s, {where}; {self.delivered_count} delivered")

@@ -85,6 +85,21 @@ BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.1, 5.0
 DEAD_LETTER_NAME = "webhook-undelivered.jsonl"
 
 
+def save_dead_letters(path: Path | None, bodies: list[bytes]) -> str:
+    """Append undelivered records (one JSON body a line) to ``path``, synced to disk; what became of
+    them, for the sink's closing line. Shared by the webhook and MQTT sinks."""
+    if path is None:
+        return "not saved (no --out folder)"
+    try:
+        with open(path, "ab") as f:
+            f.write(b"".join(body + b"\n" for body in bodies))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        return f"not saved ({exc.strerror or exc}); they are in the --output records"
+    return f"written to {path}"
+
+
 def _redacted(parts: urllib.parse.SplitResult) -> str:
     """The URL without user and password, for the start line and messages."""
     host = parts.hostname or ""
@@ -268,15 +283,6 @@ class WebhookSink:
         if not left:
             self._log(f"{self.name}: {self.delivered_count} records delivered, none lost")
             return
-        where = "not saved (no --out folder)"
-        if self.dead_letter is not None:
-            try:
-                with open(self.dead_letter, "ab") as f:
-                    f.write(b"".join(body + b"\n" for body in left))
-                    f.flush()
-                    os.fsync(f.fileno())
-                where = f"written to {self.dead_letter}"
-            except OSError as exc:
-                where = f"not saved ({exc.strerror or exc}); they are in the --output records"
+        where = save_dead_letters(self.dead_letter, left)
         self._log(f"error: {self.name}: {self.lost} record{'' if self.lost == 1 else 's'} not delivered within --webhook-timeout "
                   f"{self.flush_timeout_s:g} s, {where}; {self.delivered_count} delivered")
